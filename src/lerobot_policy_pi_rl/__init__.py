@@ -1,0 +1,10 @@
+"""lerobot_policy_pi_rl: PI-RL (online RL fine-tuning of flow-matching VLA policies) as a LeRobot plugin.
+
+Importing the package registers the `pi_rl` policy type with LeRobot's config registry (LeRobot's
+`register_third_party_plugins()` does this automatically for installed `lerobot_policy_*` distributions).
+"""
+
+from .configuration_pi_rl import PiRLConfig
+
+__version__ = "0.1.0"
+__all__ = ["PiRLConfig", "__version__"]

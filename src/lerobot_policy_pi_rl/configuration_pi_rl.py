@@ -1,0 +1,388 @@
+"""Configuration of the `pi_rl` policy: a flow-matching policy with a stochastic, scorable denoising chain.
+
+Time convention (LeRobot's and openpi's): t = 1 is pure noise, t = 0 is the clean action chunk.
+
+Variants and backbones are nested draccus choice configs, so a typo fails at parse time:
+    --policy.type=pi_rl --policy.variant.type=flow_sde --policy.variant.noise_level=0.5
+    --policy.backbone.type=smolvla --policy.backbone.pretrained_path=lerobot/smolvla_base
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+import draccus
+
+from lerobot.configs import NormalizationMode, PreTrainedConfig
+from lerobot.configs.types import FeatureType
+from lerobot.optim import AdamWConfig
+from lerobot.policies.gaussian_actor.configuration_gaussian_actor import (
+    ActorLearnerConfig,
+    ConcurrencyConfig,
+)
+from lerobot.utils.constants import ACTION, OBS_STATE
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    _require(value in allowed, f"{name}={value!r} is not valid; allowed: {', '.join(allowed)}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Exploration variants
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VariantConfig(draccus.ChoiceRegistry, abc.ABC):
+    """How the deterministic flow ODE is made stochastic (and therefore scorable) during RL."""
+
+    @property
+    def type(self) -> str:
+        return self.get_choice_name(self.__class__)
+
+
+FLOW_SDE_STOCHASTIC_STEPS = ("hybrid", "all")
+
+
+@VariantConfig.register_subclass("flow_sde")
+@dataclass
+class FlowSDEConfig(VariantConfig):
+    """Flow-SDE: the ODE converted to an SDE with the same marginals, sigma_t = a * sqrt(t / (1 - t))."""
+
+    # Noise level `a` (reference 0.5; 0.3 on easy suites). 0 reproduces the deterministic Euler ODE exactly.
+    noise_level: float = 0.5
+    # If set, `a` is annealed linearly from `noise_level` to this value over `noise_anneal_updates` PPO updates.
+    noise_level_final: float | None = None
+    # Number of policy updates over which the linear annealing of the noise level runs (0 = no annealing).
+    noise_anneal_updates: int = 0
+    # `hybrid`: one uniformly drawn denoise step per decision is the SDE step, all others are ODE steps (the
+    # reference default; training needs one action-head pass with gradients). `all`: every step is stochastic.
+    stochastic_steps: str = "hybrid"
+    # Draw the hybrid SDE step from 0..K-2 instead of 0..K-1 (the last step is nearly deterministic).
+    exclude_last_step: bool = False
+
+    def __post_init__(self) -> None:
+        _require(self.noise_level >= 0, f"variant.noise_level={self.noise_level} must be >= 0")
+        if self.noise_level_final is not None:
+            _require(
+                self.noise_level_final >= 0,
+                f"variant.noise_level_final={self.noise_level_final} must be >= 0",
+            )
+        _require(
+            self.noise_anneal_updates >= 0,
+            f"variant.noise_anneal_updates={self.noise_anneal_updates} must be >= 0",
+        )
+        _check_choice("variant.stochastic_steps", self.stochastic_steps, FLOW_SDE_STOCHASTIC_STEPS)
+
+    def noise_level_at(self, update: int) -> float:
+        """Noise level `a` after `update` policy updates (linear annealing when configured)."""
+        if self.noise_level_final is None or self.noise_anneal_updates <= 0:
+            return self.noise_level
+        frac = min(max(update, 0) / self.noise_anneal_updates, 1.0)
+        return self.noise_level + frac * (self.noise_level_final - self.noise_level)
+
+
+FLOW_NOISE_REDUCTIONS = ("sum", "mean")
+
+
+@VariantConfig.register_subclass("flow_noise")
+@dataclass
+class FlowNoiseConfig(VariantConfig):
+    """Flow-Noise: a learned noise head adds per-element Gaussian noise at every denoise step."""
+
+    # Lower bound of the learned per-element std (reference 0.08).
+    min_std: float = 0.08
+    # Upper bound of the learned per-element std (reference 0.16).
+    max_std: float = 0.16
+    # Hidden sizes of the noise-head MLP (tanh activations), reading the action head's per-token features.
+    noise_head_hidden_dims: list[int] = field(default_factory=lambda: [128, 64])
+    # Chain log-prob over the K+1 terms: `sum` is the exact chain likelihood (default); `mean` divides by K+1
+    # as the reference implementation does (its PPO ratio is the exact ratio to the power 1/(K+1)).
+    log_prob_reduction: str = "sum"
+
+    def __post_init__(self) -> None:
+        _require(self.min_std > 0, f"variant.min_std={self.min_std} must be > 0")
+        _require(
+            self.min_std < self.max_std,
+            f"variant.min_std={self.min_std} must be < variant.max_std={self.max_std}",
+        )
+        _require(
+            all(h > 0 for h in self.noise_head_hidden_dims),
+            f"variant.noise_head_hidden_dims={self.noise_head_hidden_dims} must be positive",
+        )
+        _check_choice("variant.log_prob_reduction", self.log_prob_reduction, FLOW_NOISE_REDUCTIONS)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Backbones
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BackboneConfig(draccus.ChoiceRegistry, abc.ABC):
+    """The flow-matching network: what encodes the observation and predicts the velocity field."""
+
+    @property
+    def type(self) -> str:
+        return self.get_choice_name(self.__class__)
+
+    # True when the backbone is one of LeRobot's VLA policies with its own processors and normalization.
+    @property
+    def is_vla(self) -> bool:
+        return False
+
+
+@BackboneConfig.register_subclass("flow_mlp")
+@dataclass
+class FlowMLPBackboneConfig(BackboneConfig):
+    """A small flow-matching policy of this package over state vectors (optionally small images), CPU-sized."""
+
+    # Width of the observation encoder and of the velocity MLP.
+    hidden_dim: int = 256
+    # Number of hidden layers of the velocity MLP.
+    num_layers: int = 3
+    # Width of the per-horizon-step "token" features (what the noise head reads).
+    token_dim: int = 64
+    # Size of the sinusoidal time embedding.
+    time_embed_dim: int = 32
+    # Channels of the small conv encoder used for image observations (ignored without images).
+    image_channels: list[int] = field(default_factory=lambda: [16, 32, 32])
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_dim", "num_layers", "token_dim", "time_embed_dim"):
+            value = getattr(self, name)
+            _require(value >= 1, f"backbone.{name}={value} must be >= 1")
+
+
+VALUE_FEATURE_SOURCES = ("auto", "observation", "prefix", "action_expert")
+
+
+@dataclass
+class VLABackboneConfig(BackboneConfig):
+    """Common fields of LeRobot VLA backbones (loaded from a plain LeRobot checkpoint)."""
+
+    # Hub id or local directory of a plain LeRobot checkpoint of this policy type (e.g. lerobot/smolvla_base).
+    pretrained_path: str | None = None
+    # Keep the VLM (vision + language model) frozen; only the action expert and the heads train (reference).
+    freeze_vlm: bool = True
+    # Compute dtype of the backbone: `float32` or `bfloat16` (log-probs stay float32 either way).
+    dtype: str = "float32"
+
+    @property
+    def is_vla(self) -> bool:
+        return True
+
+    def __post_init__(self) -> None:
+        _check_choice("backbone.dtype", self.dtype, ("float32", "bfloat16"))
+
+
+@BackboneConfig.register_subclass("smolvla")
+@dataclass
+class SmolVLABackboneConfig(VLABackboneConfig):
+    pass
+
+
+@BackboneConfig.register_subclass("pi0")
+@dataclass
+class PI0BackboneConfig(VLABackboneConfig):
+    pass
+
+
+@BackboneConfig.register_subclass("pi05")
+@dataclass
+class PI05BackboneConfig(VLABackboneConfig):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Value head
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ValueHeadConfig:
+    # Where the critic reads its features: `observation` (the shared observation encoding; flow_mlp), `prefix`
+    # (mean over valid VLM prefix tokens; pi05/smolvla), `action_expert` (mean over action tokens of the action
+    # expert at a fixed probe input; pi0), or `auto` (the backbone's recommended source).
+    feature_source: str = "auto"
+    # Hidden sizes of the value MLP (ReLU).
+    hidden_dims: list[int] = field(default_factory=lambda: [256, 128])
+    # Stop critic gradients from flowing into the backbone features.
+    detach_features: bool = True
+
+    def __post_init__(self) -> None:
+        _check_choice("value_head.feature_source", self.feature_source, VALUE_FEATURE_SOURCES)
+        _require(
+            all(h > 0 for h in self.hidden_dims),
+            f"value_head.hidden_dims={self.hidden_dims} must be positive",
+        )
+
+
+LOG_PROB_LEVELS = ("chunk", "action", "element")
+
+
+@PreTrainedConfig.register_subclass("pi_rl")
+@dataclass
+class PiRLConfig(PreTrainedConfig):
+    """PI-RL policy: a flow-matching backbone whose denoising chain is sampled stochastically and scored.
+
+    CLI: `--policy.type=pi_rl`.
+    """
+
+    # Exploration variant: `flow_sde` (ODE->SDE, hybrid one-stochastic-step by default) or `flow_noise`.
+    variant: VariantConfig = field(default_factory=FlowSDEConfig)
+    # Flow backbone: `flow_mlp` (this package), `smolvla`, `pi0`, `pi05` (LeRobot's own policies).
+    backbone: BackboneConfig = field(default_factory=FlowMLPBackboneConfig)
+    value_head: ValueHeadConfig = field(default_factory=ValueHeadConfig)
+
+    # Number of denoise steps K of the flow ODE/SDE (t_k = 1 - k/K).
+    num_denoise_steps: int = 4
+    # Chunk length H predicted per decision (VLA backbones: must match the checkpoint's chunk size).
+    chunk_size: int = 10
+    # Executed steps C <= H of each chunk: the RL step is the executed chunk.
+    n_action_steps: int = 5
+    # Which elements one PPO ratio covers: `chunk` (sum over executed steps and dims: one ratio per chunk; the
+    # reference default), `action` (one ratio per executed step) or `element`.
+    log_prob_level: str = "chunk"
+    # select_action/predict_action_chunk sample the deterministic ODE (deployment) unless this is true.
+    stochastic_inference: bool = False
+
+    normalization_mapping: dict[str, NormalizationMode] = field(
+        default_factory=lambda: {
+            "VISUAL": NormalizationMode.IDENTITY,
+            "STATE": NormalizationMode.MEAN_STD,
+            "ENV": NormalizationMode.MEAN_STD,
+            # Actions in [-1, 1] match the unit-Gaussian noise scale of the flow.
+            "ACTION": NormalizationMode.MIN_MAX,
+        }
+    )
+
+    # Supervised (flow-matching SFT) optimizer, used by `lerobot-train`. RL learning rates live on the algorithm.
+    optimizer_lr: float = 3e-4
+    optimizer_weight_decay: float = 1e-4
+    optimizer_grad_clip_norm: float = 1.0
+
+    # --- RL runtime fields read from `cfg.policy` by LeRobot's RL stack (see LeRobot's gaussian_actor) ---
+    # Device the policy lives on during RL (the learner's and actors' compute device).
+    storage_device: str = "cpu"
+    # Total environment interaction steps the RL run may take.
+    online_steps: int = 1_000_000
+    # Environment steps to collect before the first update.
+    online_step_before_learning: int = 0
+    # Capacity (in transitions) of the online buffer (SAC path only; PI-RL keeps whole on-policy rollouts).
+    online_buffer_capacity: int = 100_000
+    # Capacity (in transitions) of the offline buffer.
+    offline_buffer_capacity: int = 100_000
+    # Asynchronous buffer prefetching (SAC path only).
+    async_prefetch: bool = False
+    # Normalization stats when no dataset is given (normally they come from the SFT checkpoint's processors).
+    dataset_stats: dict[str, dict[str, list[float]]] | None = None
+    # Discrete gripper head size (not used by PI-RL; LeRobot's RL code reads this field).
+    num_discrete_actions: int | None = None
+    actor_learner_config: ActorLearnerConfig = field(default_factory=ActorLearnerConfig)
+    concurrency: ConcurrencyConfig = field(default_factory=ConcurrencyConfig)
+
+    # Never push to the hub unless asked (LeRobot's default `true` demands a repo_id).
+    push_to_hub: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(
+            isinstance(self.variant, VariantConfig),
+            f"policy.variant={self.variant!r} must be one of {sorted(VariantConfig.get_known_choices())}",
+        )
+        _require(
+            isinstance(self.backbone, BackboneConfig),
+            f"policy.backbone={self.backbone!r} must be one of {sorted(BackboneConfig.get_known_choices())}",
+        )
+        _require(self.num_denoise_steps >= 1, f"num_denoise_steps={self.num_denoise_steps} must be >= 1")
+        _require(self.chunk_size >= 1, f"chunk_size={self.chunk_size} must be >= 1")
+        _require(
+            1 <= self.n_action_steps <= self.chunk_size,
+            f"n_action_steps={self.n_action_steps} must be in [1, chunk_size={self.chunk_size}]",
+        )
+        _check_choice("log_prob_level", self.log_prob_level, LOG_PROB_LEVELS)
+        if isinstance(self.variant, FlowSDEConfig) and self.variant.exclude_last_step:
+            _require(
+                self.num_denoise_steps >= 2,
+                f"variant.exclude_last_step=true needs num_denoise_steps >= 2, got {self.num_denoise_steps}",
+            )
+        if self.value_head.feature_source != "auto":
+            allowed = {
+                "flow_mlp": ("observation",),
+                "smolvla": ("prefix", "action_expert"),
+                "pi0": ("prefix", "action_expert"),
+                "pi05": ("prefix", "action_expert"),
+            }.get(self.backbone.type, VALUE_FEATURE_SOURCES)
+            _check_choice(
+                f"value_head.feature_source (backbone {self.backbone.type})",
+                self.value_head.feature_source,
+                tuple(allowed) + ("auto",),
+            )
+
+    # --- PreTrainedConfig contract ---
+
+    def get_optimizer_preset(self) -> AdamWConfig:
+        return AdamWConfig(
+            lr=self.optimizer_lr,
+            weight_decay=self.optimizer_weight_decay,
+            grad_clip_norm=self.optimizer_grad_clip_norm,
+        )
+
+    def get_scheduler_preset(self) -> None:
+        return None
+
+    def validate_features(self) -> None:
+        if ACTION not in (self.output_features or {}):
+            raise ValueError(
+                f"pi_rl needs an '{ACTION}' output feature; got {sorted(self.output_features or {})}"
+            )
+        if self.backbone.is_vla:
+            return
+        inputs = self.input_features or {}
+        usable = [k for k, ft in inputs.items() if ft.type in (FeatureType.STATE, FeatureType.ENV, FeatureType.VISUAL)]
+        if not usable:
+            raise ValueError(
+                f"pi_rl flow_mlp needs at least one state, environment-state or image input; got {sorted(inputs)}"
+            )
+
+    @property
+    def observation_delta_indices(self) -> None:
+        return None
+
+    @property
+    def action_delta_indices(self) -> list[int]:
+        # SFT targets are whole chunks of H future actions.
+        return list(range(self.chunk_size))
+
+    @property
+    def reward_delta_indices(self) -> None:
+        return None
+
+    # --- convenience ---
+
+    @property
+    def action_dim(self) -> int:
+        """Real (environment) action dimension."""
+        ft = self.action_feature
+        if ft is None:
+            raise ValueError("pi_rl config has no action output feature yet (input/output features unset)")
+        return int(ft.shape[0])
+
+    @property
+    def state_feature_keys(self) -> list[str]:
+        """Vector observation keys the flow_mlp backbone consumes, in a stable order."""
+        inputs = self.input_features or {}
+        keys = [k for k, ft in inputs.items() if ft.type in (FeatureType.STATE, FeatureType.ENV)]
+        # observation.state first, the rest sorted, so checkpoints do not depend on dict order.
+        return sorted(keys, key=lambda k: (k != OBS_STATE, k))
+
+    @property
+    def image_feature_keys(self) -> list[str]:
+        return sorted(self.image_features)

@@ -1,0 +1,36 @@
+"""Flow-matching chain math as pure functions.
+
+Time convention (LeRobot's and openpi's): t = 1 is pure noise, t = 0 is the clean action.
+Interpolant x_t = t * eps + (1 - t) * a, velocity target u = eps - a, Euler step x_{t-dt} = x_t - dt * v.
+Everything that becomes a log-prob is computed in float32.
+"""
+
+from .chain import (
+    ChainTransition,
+    chain_log_prob,
+    chain_step_log_probs,
+    reduce_log_prob,
+    sample_chain,
+    score_transition,
+)
+from .flow_noise import flow_noise_step, noise_std_from_raw
+from .flow_sde import flow_sde_sigma, flow_sde_step
+from .gaussian import gaussian_entropy, gaussian_log_prob, standard_normal_log_prob
+from .time_grid import time_grid
+
+__all__ = [
+    "ChainTransition",
+    "chain_log_prob",
+    "chain_step_log_probs",
+    "score_transition",
+    "flow_noise_step",
+    "flow_sde_sigma",
+    "flow_sde_step",
+    "gaussian_entropy",
+    "gaussian_log_prob",
+    "noise_std_from_raw",
+    "reduce_log_prob",
+    "sample_chain",
+    "standard_normal_log_prob",
+    "time_grid",
+]

@@ -1,0 +1,128 @@
+"""Sampling and scoring a stochastic denoising chain x_{t_0} -> x_{t_1} -> ... -> x_{t_K}.
+
+A *step function* maps `(x_t [B, H, A], t [B], stochastic [B] bool)` to the Gaussian transition
+`(mean, std)` of x_{t - dt}, both `[B, H, A]` float32, with `std == 0` for samples whose step is an ODE step.
+The policy builds it from its backbone's velocity and its exploration variant; these functions only chain it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .gaussian import gaussian_log_prob, standard_normal_log_prob
+
+StepFn = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+@dataclass
+class ChainTransition:
+    """Elementwise log-prob and std of scored transitions (float32)."""
+
+    log_prob: Tensor
+    std: Tensor
+
+
+def sample_chain(
+    step_fn: StepFn,
+    noise: Tensor,
+    *,
+    times: Tensor,
+    stochastic: Tensor,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Integrate the chain from `noise` (t = 1) to t = 0, sampling each stochastic transition.
+
+    Args:
+        step_fn: see module docstring.
+        noise: x_{t_0}, `[B, H, A]`.
+        times: grid `[K+1]` (see `time_grid`).
+        stochastic: `[B, K]` bool, which steps of which sample are stochastic.
+        generator: optional torch generator for the transition noise.
+    Returns:
+        `chain [B, K+1, H, A]` float32, `step_log_probs [B, K, H, A]` float32 (0 for ODE steps),
+        `step_stds [B, K, H, A]` float32.
+    """
+    num_steps = times.shape[0] - 1
+    batch = noise.shape[0]
+    if stochastic.shape != (batch, num_steps):
+        raise ValueError(f"stochastic has shape {tuple(stochastic.shape)}, expected {(batch, num_steps)}")
+    x = noise.float()
+    xs, log_probs, stds = [x], [], []
+    for k in range(num_steps):
+        t = times[k].expand(batch)
+        mean, std = step_fn(x, t, stochastic[:, k])
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=torch.float32)
+        x_next = mean + std * eps
+        log_probs.append(gaussian_log_prob(x_next, mean, std))
+        stds.append(std)
+        xs.append(x_next)
+        x = x_next
+    return torch.stack(xs, dim=1), torch.stack(log_probs, dim=1), torch.stack(stds, dim=1)
+
+
+def score_transition(
+    step_fn: StepFn, x_from: Tensor, x_to: Tensor, t: Tensor, stochastic: Tensor
+) -> ChainTransition:
+    """Log-prob (with gradients through `step_fn`) of given transitions x_from -> x_to at times `t [B]`."""
+    mean, std = step_fn(x_from, t, stochastic)
+    return ChainTransition(log_prob=gaussian_log_prob(x_to, mean, std), std=std)
+
+
+def chain_step_log_probs(
+    step_fn: StepFn, chain: Tensor, *, times: Tensor, stochastic: Tensor
+) -> ChainTransition:
+    """Score every transition of a recorded chain `[B, K+1, H, A]`; steps no sample takes stochastically are
+    skipped (their log-prob is exactly 0, std 0). Returns `[B, K, H, A]` log-probs and stds."""
+    batch, num_steps = chain.shape[0], chain.shape[1] - 1
+    log_probs = torch.zeros(chain[:, 1:].shape, dtype=torch.float32, device=chain.device)
+    stds = torch.zeros_like(log_probs)
+    lp_list, std_list = [], []
+    for k in range(num_steps):
+        if not bool(stochastic[:, k].any()):
+            lp_list.append(log_probs[:, k])
+            std_list.append(stds[:, k])
+            continue
+        tr = score_transition(step_fn, chain[:, k], chain[:, k + 1], times[k].expand(batch), stochastic[:, k])
+        lp_list.append(tr.log_prob)
+        std_list.append(tr.std)
+    return ChainTransition(log_prob=torch.stack(lp_list, dim=1), std=torch.stack(std_list, dim=1))
+
+
+def chain_log_prob(
+    step_log_probs: Tensor, *, initial_noise: Tensor | None = None, reduction: str = "sum"
+) -> Tensor:
+    """Per-element chain log-likelihood `[B, H, A]` from per-step terms `[B, K, H, A]`.
+
+    `sum`: Σ_k terms (+ log N(x_{t_0}; 0, I) when `initial_noise` is given): the exact chain likelihood.
+    `mean`: the same terms divided by their count (K, or K+1 with the prior), the reference's reduction.
+    """
+    total = step_log_probs.float().sum(dim=1)
+    count = step_log_probs.shape[1]
+    if initial_noise is not None:
+        total = total + standard_normal_log_prob(initial_noise)
+        count += 1
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / count
+    raise ValueError(f"reduction={reduction!r} is not valid; allowed: sum, mean")
+
+
+def reduce_log_prob(element_log_prob: Tensor, *, n_action_steps: int, action_dim: int, level: str) -> Tensor:
+    """Keep only executed elements (first C horizon steps, first `action_dim` real dims) and reduce.
+
+    `element_log_prob` is `[B, H, A_model]`. Returns `[B]` for `chunk`, `[B, C]` for `action`,
+    `[B, C, action_dim]` for `element`. float32.
+    """
+    executed = element_log_prob[:, :n_action_steps, :action_dim].float()
+    if level == "chunk":
+        return executed.sum(dim=(1, 2))
+    if level == "action":
+        return executed.sum(dim=2)
+    if level == "element":
+        return executed
+    raise ValueError(f"level={level!r} is not valid; allowed: chunk, action, element")

@@ -1,0 +1,317 @@
+"""`PiRLPolicy`: a flow-matching policy whose denoising chain can be sampled stochastically and scored.
+
+Two verbs serve RL:
+  * `sample_chain(batch)`   actor side, no grad: executed actions, the chain x_{t_0..t_K}, stochastic step
+                            indices, behaviour log-prob, value.
+  * `evaluate_chain(...)`   learner side, with grad: log-prob of a recorded chain, entropy, value.
+Deployment (`select_action`, `predict_action_chunk`) integrates the plain ODE; the noise head is not used.
+
+Time convention: t = 1 noise, t = 0 action. Chains and log-probs live in the backbone's normalized (and, for
+VLAs, padded) action space; log-probs count only executed elements (first C steps, real action dims).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot.utils.constants import ACTION
+
+from .backbones import FlowBackbone, make_backbone
+from .configuration_pi_rl import FlowNoiseConfig, FlowSDEConfig, PiRLConfig
+from .flow import (
+    chain_log_prob,
+    chain_step_log_probs,
+    flow_sde_step,
+    gaussian_entropy,
+    reduce_log_prob,
+    sample_chain,
+    score_transition,
+    time_grid,
+)
+from .heads import NoiseHead, ValueHead
+
+
+@dataclass
+class ChainSample:
+    """What the actor records for one decision (all float32 except `step_index`)."""
+
+    #: Full predicted chunk `[B, H, A_env]` in normalized action space (the chain's last element, unpadded).
+    action_chunk: Tensor
+    #: Denoising chain `[B, K+1, H, A_model]`, x_{t_0} = noise first, x_{t_K} = action last.
+    chain: Tensor
+    #: Hybrid Flow-SDE: the stochastic step j per sample `[B]`; -1 when every step is stochastic.
+    step_index: Tensor
+    #: Flow-SDE noise level used for each sample `[B]` (0 for Flow-Noise).
+    noise_level: Tensor
+    #: Behaviour log-prob at `config.log_prob_level`: `[B]`, `[B, C]` or `[B, C, A_env]`.
+    log_prob: Tensor
+    #: V(o) `[B]`.
+    value: Tensor
+
+
+@dataclass
+class ChainEvaluation:
+    """Learner-side scores of recorded chains (with gradients)."""
+
+    #: Log-prob at `config.log_prob_level`, float32.
+    log_prob: Tensor
+    #: Mean Gaussian entropy per sample over stochastic executed elements `[B]` (0 where none).
+    entropy: Tensor
+    #: V(o) `[B]`.
+    value: Tensor
+    #: Mean transition std per sample over stochastic executed elements `[B]` (diagnostics).
+    std_mean: Tensor
+
+
+class PiRLPolicy(PreTrainedPolicy):
+    config_class = PiRLConfig
+    name = "pi_rl"
+
+    def __init__(self, config: PiRLConfig, **kwargs):
+        # `make_policy` passes dataset_stats / dataset_meta; normalization lives in the processors.
+        super().__init__(config)
+        config.validate_features()
+        self.config = config
+        self.backbone: FlowBackbone = make_backbone(config)
+        if self.backbone.chunk_size != config.chunk_size:
+            raise ValueError(
+                f"chunk_size={config.chunk_size} but the {config.backbone.type} backbone predicts "
+                f"{self.backbone.chunk_size} steps; set --policy.chunk_size={self.backbone.chunk_size}"
+            )
+        variant = config.variant
+        self.noise_head: NoiseHead | None = None
+        if isinstance(variant, FlowNoiseConfig):
+            self.noise_head = NoiseHead(
+                self.backbone.token_dim,
+                self.backbone.model_action_dim,
+                variant.noise_head_hidden_dims,
+                min_std=variant.min_std,
+                max_std=variant.max_std,
+            )
+        self.value_head = ValueHead(self.backbone.value_feature_dim, config.value_head.hidden_dims)
+        # Current Flow-SDE noise level (annealed by the algorithm); a buffer so it travels with the weights.
+        level = variant.noise_level if isinstance(variant, FlowSDEConfig) else 0.0
+        self.register_buffer("sde_noise_level", torch.tensor(float(level)), persistent=True)
+        self.reset()
+
+    # ----------------------------------------------------------------------------------------------------------
+    # LeRobot policy contract
+    # ----------------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def _load_as_safetensor(cls, model, model_file: str, map_location: str, strict: bool):
+        # A pi_rl checkpoint must load completely: a silently missing head would train from random weights.
+        return super()._load_as_safetensor(model, model_file, map_location, strict=True)
+
+    def get_optim_params(self) -> dict:
+        return self.parameters()
+
+    def reset(self) -> None:
+        """Drop queued actions; call at every episode start and after loading new weights."""
+        self._action_queue: deque[Tensor] = deque(maxlen=self.config.n_action_steps)
+
+    def forward(self, batch: dict[str, Tensor], reduction: str = "mean") -> tuple[Tensor, dict]:
+        """Supervised flow-matching loss (SFT), the backbone's own loss."""
+        if reduction != "mean":
+            raise ValueError(f"pi_rl forward supports reduction='mean' only, got {reduction!r}")
+        loss, info = self.backbone.flow_matching_loss(batch)
+        return loss, info
+
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: dict[str, Tensor], **kwargs) -> Tensor:
+        """`[B, H, A_env]` normalized action chunk: the deterministic ODE unless `stochastic_inference`."""
+        self.eval()
+        if self.config.stochastic_inference:
+            return self.sample_chain(batch).action_chunk
+        context = self.backbone.encode(batch)
+        x = self._initial_noise(self.backbone.batch_size(context), None)
+        times = self._times(x.device)
+        dt = 1.0 / self.config.num_denoise_steps
+        for k in range(self.config.num_denoise_steps):
+            v, _ = self.backbone.velocity(context, x, times[k].expand(x.shape[0]))
+            x = x - dt * v
+        return x[:, :, : self.config.action_dim]
+
+    @torch.no_grad()
+    def select_action(self, batch: dict[str, Tensor], **kwargs) -> Tensor:
+        """One action `[B, A_env]`, refilling the queue with the first C actions of a new chunk when empty."""
+        if len(self._action_queue) == 0:
+            chunk = self.predict_action_chunk(batch)[:, : self.config.n_action_steps]
+            self._action_queue.extend(chunk.transpose(0, 1))
+        return self._action_queue.popleft()
+
+    # ----------------------------------------------------------------------------------------------------------
+    # RL verbs
+    # ----------------------------------------------------------------------------------------------------------
+
+    @property
+    def num_steps(self) -> int:
+        return self.config.num_denoise_steps
+
+    def _times(self, device: torch.device) -> Tensor:
+        return time_grid(self.num_steps, device=device)
+
+    def _initial_noise(self, batch: int, generator: torch.Generator | None) -> Tensor:
+        device = next(self.parameters()).device
+        shape = (batch, self.backbone.chunk_size, self.backbone.model_action_dim)
+        return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+
+    def _step_fn(self, context, noise_level: Tensor):
+        """The Gaussian transition x_t -> x_{t-dt} of this policy's variant (see `flow.chain`)."""
+        dt = 1.0 / self.num_steps
+        variant = self.config.variant
+
+        def step(x: Tensor, t: Tensor, stochastic: Tensor) -> tuple[Tensor, Tensor]:
+            v, hidden = self.backbone.velocity(context, x, t)
+            x = x.float()
+            ode_mean = x - dt * v
+            if isinstance(variant, FlowSDEConfig):
+                mean_s, std_s = flow_sde_step(x, v, t.view(-1, 1, 1), dt=dt, noise_level=noise_level.view(-1, 1, 1))
+            else:
+                assert self.noise_head is not None
+                mean_s, std_s = ode_mean, self.noise_head(hidden)
+            on = stochastic.view(-1, 1, 1)
+            mean = torch.where(on, mean_s, ode_mean)
+            std = torch.where(on, std_s, torch.zeros_like(std_s))
+            return mean, std
+
+        return step
+
+    def _stochastic_mask(self, batch: int, device: torch.device, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """`[B, K]` bool mask of stochastic steps and `[B]` hybrid step indices (-1 when all are stochastic)."""
+        variant = self.config.variant
+        k = self.num_steps
+        if isinstance(variant, FlowSDEConfig) and variant.stochastic_steps == "hybrid":
+            high = k - 1 if variant.exclude_last_step else k
+            j = torch.randint(0, high, (batch,), generator=generator, device="cpu").to(device)
+            mask = torch.nn.functional.one_hot(j, k).bool()
+            return mask, j
+        return torch.ones(batch, k, dtype=torch.bool, device=device), torch.full((batch,), -1, device=device)
+
+    def _reduce(self, element_log_prob: Tensor) -> Tensor:
+        return reduce_log_prob(
+            element_log_prob,
+            n_action_steps=self.config.n_action_steps,
+            action_dim=self.config.action_dim,
+            level=self.config.log_prob_level,
+        )
+
+    def _executed_mean(self, values: Tensor, stochastic_elems: Tensor) -> Tensor:
+        """Mean of `values [B, ..., H, A]` over executed, stochastic elements -> `[B]` (0 where none)."""
+        c, a = self.config.n_action_steps, self.config.action_dim
+        values = values[..., :c, :a].float()
+        mask = stochastic_elems[..., :c, :a].float()
+        dims = tuple(range(1, values.dim()))
+        return (values * mask).sum(dim=dims) / mask.sum(dim=dims).clamp_min(1.0)
+
+    def _value(self, context) -> Tensor:
+        features = self.backbone.value_features(context)
+        if self.config.value_head.detach_features:
+            features = features.detach()
+        return self.value_head(features)
+
+    @torch.no_grad()
+    def sample_chain(self, batch: dict[str, Tensor], *, generator: torch.Generator | None = None) -> ChainSample:
+        """Sample one stochastic chain per observation and record what PPO needs (no gradients)."""
+        context = self.backbone.encode(batch)
+        bsize = self.backbone.batch_size(context)
+        noise = self._initial_noise(bsize, generator)
+        device = noise.device
+        stochastic, step_index = self._stochastic_mask(bsize, device, generator)
+        noise_level = self.sde_noise_level.float().expand(bsize).to(device)
+        if not isinstance(self.config.variant, FlowSDEConfig):
+            noise_level = torch.zeros(bsize, device=device)
+        chain, step_log_probs, _ = sample_chain(
+            self._step_fn(context, noise_level),
+            noise,
+            times=self._times(device),
+            stochastic=stochastic,
+            generator=generator,
+        )
+        element_lp = self._element_log_prob(step_log_probs, chain)
+        return ChainSample(
+            action_chunk=chain[:, -1, :, : self.config.action_dim],
+            chain=chain,
+            step_index=step_index.long(),
+            noise_level=noise_level,
+            log_prob=self._reduce(element_lp),
+            value=self._value(context),
+        )
+
+    def _element_log_prob(self, step_log_probs: Tensor, chain: Tensor) -> Tensor:
+        """Per-element chain log-prob `[B, H, A]` from per-step terms `[B, K, H, A]` (variant's reduction)."""
+        variant = self.config.variant
+        if isinstance(variant, FlowNoiseConfig):
+            return chain_log_prob(step_log_probs, initial_noise=chain[:, 0], reduction=variant.log_prob_reduction)
+        return chain_log_prob(step_log_probs, reduction="sum")
+
+    def evaluate_chain(
+        self,
+        batch: dict[str, Tensor],
+        chain: Tensor,
+        step_index: Tensor,
+        noise_level: Tensor | None = None,
+    ) -> ChainEvaluation:
+        """Score recorded chains under the current weights, with gradients.
+
+        Args:
+            batch: preprocessed observations the chains were sampled for.
+            chain: `[B, K+1, H, A_model]` as returned by `sample_chain`.
+            step_index: `[B]` hybrid SDE step per sample (-1: all steps stochastic).
+            noise_level: `[B]` Flow-SDE noise level each chain was sampled with (default: the current one).
+        """
+        expected = (self.num_steps + 1, self.backbone.chunk_size, self.backbone.model_action_dim)
+        if tuple(chain.shape[1:]) != expected:
+            raise ValueError(f"chain has shape {tuple(chain.shape)}, expected [B, {', '.join(map(str, expected))}]")
+        context = self.backbone.encode(batch)
+        bsize = chain.shape[0]
+        chain = chain.float()
+        device = chain.device
+        if noise_level is None or not isinstance(self.config.variant, FlowSDEConfig):
+            level = self.sde_noise_level if isinstance(self.config.variant, FlowSDEConfig) else torch.tensor(0.0)
+            noise_level = level.float().expand(bsize).to(device)
+        step_fn = self._step_fn(context, noise_level.float().to(device))
+        times = self._times(device)
+        step_index = step_index.to(device).long()
+        hybrid = bool((step_index >= 0).any())
+        if hybrid:
+            if bool((step_index < 0).any()) or int(step_index.max()) >= self.num_steps:
+                raise ValueError(f"step_index must be all in [0, {self.num_steps}) or all -1; got {step_index.tolist()}")
+            rows = torch.arange(bsize, device=device)
+            on = torch.ones(bsize, dtype=torch.bool, device=device)
+            tr = score_transition(step_fn, chain[rows, step_index], chain[rows, step_index + 1], times[step_index], on)
+            element_lp, stds = tr.log_prob, tr.std.unsqueeze(1)
+        else:
+            on = torch.ones(bsize, self.num_steps, dtype=torch.bool, device=device)
+            tr = chain_step_log_probs(step_fn, chain, times=times, stochastic=on)
+            element_lp, stds = self._element_log_prob(tr.log_prob, chain), tr.std
+        stochastic_elems = stds > 0
+        return ChainEvaluation(
+            log_prob=self._reduce(element_lp),
+            entropy=self._executed_mean(gaussian_entropy(stds), stochastic_elems),
+            value=self._value(context),
+            std_mean=self._executed_mean(stds, stochastic_elems).detach(),
+        )
+
+    def value(self, batch: dict[str, Tensor]) -> Tensor:
+        """V(o) `[B]` for preprocessed observations (bootstrap values on the learner)."""
+        return self._value(self.backbone.encode(batch))
+
+    def set_noise_level(self, level: float) -> None:
+        """Set the Flow-SDE noise level used for new samples (annealing)."""
+        self.sde_noise_level.fill_(float(level))
+
+    def rl_parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """Trainable parameters by role: `actor` (backbone action path), `noise_head`, `critic`."""
+        groups = {
+            "actor": [p for p in self.backbone.rl_trainable_parameters() if p.requires_grad],
+            "critic": [p for p in self.value_head.parameters() if p.requires_grad],
+        }
+        if self.noise_head is not None:
+            groups["noise_head"] = [p for p in self.noise_head.parameters() if p.requires_grad]
+        return groups
