@@ -1,0 +1,534 @@
+"""PI-RL as a LeRobot `RLAlgorithm`: chunk-level PPO on the denoising chain's log-likelihood.
+
+One `update_rollout` is one PPO update, read as the algorithm:
+    drop stale rows  ->  bootstrap values  ->  advantages (GAE per stream, or GRPO)  ->
+    [ratio guard on the first minibatch]  ->  update_epochs x shuffled minibatches of
+    (evaluate chain -> clipped surrogate + clipped Huber value loss - entropy bonus -> finite? -> clip -> step)
+    ->  policy_version += 1, anneal the Flow-SDE noise level.
+Formulas: ALGORITHM.md §6. Log-probs, ratios and advantages are float32 throughout.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from lerobot.configs import PreTrainedConfig
+from lerobot.rl.algorithms.base import RLAlgorithm
+from lerobot.rl.algorithms.configs import RLAlgorithmConfig, TrainingStats
+
+from ..configuration_pi_rl import FlowNoiseConfig, FlowSDEConfig, PiRLConfig
+from .gae import stream_gae
+from .grpo import grpo_advantages, normalize_advantages
+from .ppo_loss import explained_variance, ppo_policy_loss, value_loss
+from .rollout import Rollout
+
+logger = logging.getLogger(__name__)
+
+ADVANTAGE_ESTIMATORS = ("gae", "grpo")
+
+
+class RatioMismatchError(RuntimeError):
+    """The learner scores recorded chains differently from how the actor sampled them."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@RLAlgorithmConfig.register_subclass("pi_rl")
+@dataclass
+class PiRLAlgorithmConfig(RLAlgorithmConfig):
+    """PPO (or GRPO) on chunk steps for `pi_rl` policies. CLI: `--algorithm.type=pi_rl`."""
+
+    # Discount per chunk step (the RL step is the executed chunk).
+    gamma: float = 0.99
+    # GAE lambda (1 = Monte Carlo returns, 0 = one-step TD).
+    gae_lambda: float = 0.95
+    # Lower PPO clip: ratios below 1 - clip_low are clipped.
+    clip_low: float = 0.2
+    # Upper PPO clip: ratios above 1 + clip_high are clipped.
+    clip_high: float = 0.2
+    # Dual-clip bound c > 1 for negative advantages (reference 3.0); null disables it.
+    dual_clip: float | None = None
+    # Value clipping around the behaviour value (reference 0.2); null disables it.
+    value_clip: float | None = 0.2
+    # Huber delta of the value loss (reference 10).
+    huber_delta: float = 10.0
+    # Weight c_v of the value loss.
+    value_coef: float = 1.0
+    # Weight beta_H of the entropy bonus (Flow-Noise only: Flow-SDE's std does not depend on the weights).
+    entropy_coef: float = 0.005
+    # Learning rate of the trained backbone part (flow_mlp: all of it; VLAs: the action expert). VLA reference
+    # values are 5e-6 to 1e-5.
+    actor_lr: float = 1e-4
+    # Learning rate of the value head (VLA reference 1e-4).
+    critic_lr: float = 1e-3
+    # Learning rate of the Flow-Noise head; null uses actor_lr (the reference trains it with the actor).
+    noise_head_lr: float | None = None
+    # AdamW betas and weight decay (reference betas 0.9, 0.95).
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    # Passes over each rollout (reference 1-5).
+    update_epochs: int = 4
+    # Rows (chunk steps) per minibatch.
+    minibatch_size: int = 64
+    # Gradient-norm clip applied per parameter group (actor, noise_head, critic).
+    max_grad_norm: float = 1.0
+    # Stop the epochs of an update early once the mean approx KL of an epoch exceeds this; null disables it.
+    target_kl: float | None = None
+    # Normalize advantages over the rows used (mean 0, std 1; std + 1e-5).
+    normalize_advantages: bool = True
+    # Chunk steps (rows) the learner collects per update.
+    rollout_chunks: int = 256
+    # Rows produced by a policy more than this many versions older than the current one are dropped.
+    staleness: int = 2
+    # Stale-but-kept rows are reweighted by pi_prox / pi_behaviour, capped at this value (decoupled PPO).
+    behaviour_weight_cap: float = 5.0
+    # Mask rows where a human intervened out of the PPO ratio (their actions are not the policy's).
+    mask_interventions: bool = True
+    # `gae` (PPO with a critic) or `grpo` (critic-free, episode success normalized within groups).
+    advantage_estimator: str = "gae"
+    # GRPO: episodes per group (same initial state).
+    grpo_group_size: int = 8
+    # GRPO: drop groups whose episodes are all successes or all failures (zero advantage).
+    grpo_drop_uniform_groups: bool = True
+    # First-minibatch guard: max |log ratio| tolerated on rows from the current version before failing loudly.
+    ratio_check_tolerance: float = 1e-3
+    # Filled by `from_policy_config` / the runtime; not a CLI field users normally set.
+    policy_config: PreTrainedConfig | None = None
+
+    def __post_init__(self) -> None:
+        _require(0 < self.gamma <= 1, f"algorithm.gamma={self.gamma} must be in (0, 1]")
+        _require(0 <= self.gae_lambda <= 1, f"algorithm.gae_lambda={self.gae_lambda} must be in [0, 1]")
+        _require(0 < self.clip_low < 1, f"algorithm.clip_low={self.clip_low} must be in (0, 1)")
+        _require(self.clip_high > 0, f"algorithm.clip_high={self.clip_high} must be > 0")
+        if self.dual_clip is not None:
+            _require(self.dual_clip > 1, f"algorithm.dual_clip={self.dual_clip} must be > 1 (or null)")
+        if self.value_clip is not None:
+            _require(self.value_clip > 0, f"algorithm.value_clip={self.value_clip} must be > 0 (or null)")
+        _require(self.huber_delta > 0, f"algorithm.huber_delta={self.huber_delta} must be > 0")
+        _require(self.value_coef >= 0, f"algorithm.value_coef={self.value_coef} must be >= 0")
+        _require(self.entropy_coef >= 0, f"algorithm.entropy_coef={self.entropy_coef} must be >= 0")
+        for name in ("actor_lr", "critic_lr"):
+            _require(getattr(self, name) > 0, f"algorithm.{name}={getattr(self, name)} must be > 0")
+        if self.noise_head_lr is not None:
+            _require(self.noise_head_lr > 0, f"algorithm.noise_head_lr={self.noise_head_lr} must be > 0")
+        _require(self.update_epochs >= 1, f"algorithm.update_epochs={self.update_epochs} must be >= 1")
+        _require(self.minibatch_size >= 1, f"algorithm.minibatch_size={self.minibatch_size} must be >= 1")
+        _require(self.max_grad_norm > 0, f"algorithm.max_grad_norm={self.max_grad_norm} must be > 0")
+        if self.target_kl is not None:
+            _require(self.target_kl > 0, f"algorithm.target_kl={self.target_kl} must be > 0 (or null)")
+        _require(self.rollout_chunks >= 1, f"algorithm.rollout_chunks={self.rollout_chunks} must be >= 1")
+        _require(self.staleness >= 0, f"algorithm.staleness={self.staleness} must be >= 0")
+        _require(
+            self.behaviour_weight_cap >= 1,
+            f"algorithm.behaviour_weight_cap={self.behaviour_weight_cap} must be >= 1",
+        )
+        _require(
+            self.advantage_estimator in ADVANTAGE_ESTIMATORS,
+            f"algorithm.advantage_estimator={self.advantage_estimator!r} is not valid; allowed: gae, grpo",
+        )
+        _require(self.grpo_group_size >= 2, f"algorithm.grpo_group_size={self.grpo_group_size} must be >= 2")
+        _require(
+            self.ratio_check_tolerance > 0,
+            f"algorithm.ratio_check_tolerance={self.ratio_check_tolerance} must be > 0",
+        )
+
+    @classmethod
+    def from_policy_config(cls, policy_cfg: Any) -> PiRLAlgorithmConfig:
+        if not isinstance(policy_cfg, PiRLConfig):
+            raise TypeError(f"the pi_rl algorithm needs a pi_rl policy config, got {type(policy_cfg).__name__}")
+        return cls(policy_config=policy_cfg)
+
+
+def _finite(*tensors: Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+class PiRLAlgorithm(RLAlgorithm):
+    config_class = PiRLAlgorithmConfig
+    name = "pi_rl"
+
+    def __init__(self, policy: torch.nn.Module, config: PiRLAlgorithmConfig):
+        from ..modeling_pi_rl import PiRLPolicy
+
+        if not isinstance(policy, PiRLPolicy):
+            raise TypeError(f"PiRLAlgorithm trains a PiRLPolicy, got {type(policy).__name__}")
+        self.policy = policy
+        self.config = config
+        self.optimizers: dict[str, Optimizer] = {}
+        self._policy_version = 0
+        self._num_updates = 0
+        self._optimization_step = 0
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Counters and optimizers
+    # ----------------------------------------------------------------------------------------------------------
+
+    @property
+    def policy_version(self) -> int:
+        """Version of the current weights: 0 at start, +1 after every update that stepped the optimizers."""
+        return self._policy_version
+
+    @property
+    def num_updates(self) -> int:
+        return self._num_updates
+
+    def make_optimizers_and_scheduler(self) -> dict[str, Optimizer]:
+        cfg = self.config
+        lrs = {"actor": cfg.actor_lr, "critic": cfg.critic_lr, "noise_head": cfg.noise_head_lr or cfg.actor_lr}
+        self.optimizers = {
+            role: torch.optim.AdamW(params, lr=lrs[role], betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+            for role, params in self.policy.rl_parameter_groups().items()
+            if params
+        }
+        if "actor" not in self.optimizers:
+            raise ValueError("the policy exposes no trainable actor parameters (is everything frozen?)")
+        return self.optimizers
+
+    def get_optimizers(self) -> dict[str, Optimizer]:
+        return self.optimizers
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Weights for actors, algorithm state for checkpoints
+    # ----------------------------------------------------------------------------------------------------------
+
+    def _actor_state_keys(self) -> list[str]:
+        trainable = {name for name, p in self.policy.named_parameters() if p.requires_grad}
+        buffers = {name for name, _ in self.policy.named_buffers()}
+        return [k for k in self.policy.state_dict() if k in trainable or k in buffers]
+
+    def get_weights(self) -> dict[str, Any]:
+        """What an actor needs: trainable tensors and buffers of the policy (not frozen VLM weights), versioned."""
+        state = self.policy.state_dict()
+        return {
+            "policy_version": self._policy_version,
+            "state_dict": {k: state[k].detach().cpu().clone() for k in self._actor_state_keys()},
+        }
+
+    def load_weights(self, weights: dict[str, Any], device: str | torch.device = "cpu") -> None:
+        """Actor side: load published weights into the policy and record their version."""
+        if "state_dict" not in weights or "policy_version" not in weights:
+            raise ValueError(f"weights must carry 'state_dict' and 'policy_version', got keys {sorted(weights)}")
+        own = self.policy.state_dict()
+        unknown = sorted(set(weights["state_dict"]) - set(own))
+        if unknown:
+            raise ValueError(f"weights contain keys this policy does not have: {unknown[:5]}")
+        with torch.no_grad():
+            for k, v in weights["state_dict"].items():
+                if own[k].shape != v.shape:
+                    raise ValueError(f"weight {k} has shape {tuple(v.shape)}, policy expects {tuple(own[k].shape)}")
+                own[k].copy_(v.to(own[k].device))
+        self._policy_version = int(weights["policy_version"])
+        self.policy.reset()
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {
+            "policy_version": torch.tensor(self._policy_version, dtype=torch.int64),
+            "num_updates": torch.tensor(self._num_updates, dtype=torch.int64),
+            "optimization_step": torch.tensor(self._optimization_step, dtype=torch.int64),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Tensor], device: str | torch.device = "cpu") -> None:
+        missing = {"policy_version", "num_updates", "optimization_step"} - set(state_dict)
+        if missing:
+            raise ValueError(f"pi_rl algorithm state is missing {sorted(missing)}")
+        self._policy_version = int(state_dict["policy_version"])
+        self._num_updates = int(state_dict["num_updates"])
+        self._optimization_step = int(state_dict["optimization_step"])
+        self._apply_noise_schedule()
+
+    # ----------------------------------------------------------------------------------------------------------
+    # The update
+    # ----------------------------------------------------------------------------------------------------------
+
+    def update(self, batch_iterator: Iterator[Any]) -> TrainingStats:
+        rollout = next(batch_iterator)
+        if not isinstance(rollout, Rollout):
+            raise TypeError(f"PiRLAlgorithm.update consumes whole Rollouts, got {type(rollout).__name__}")
+        return self.update_rollout(rollout)
+
+    def update_rollout(self, rollout: Rollout) -> TrainingStats:
+        """One PPO (or GRPO) update on a whole on-policy rollout of chunk steps."""
+        if not self.optimizers:
+            self.make_optimizers_and_scheduler()
+        device = next(self.policy.parameters()).device
+        rollout = rollout.to(device)
+        self.policy.train()
+
+        rollout, dropped_stale = self._drop_stale(rollout)
+        if len(rollout) == 0:
+            return TrainingStats(extra={"samples/used": 0.0, "samples/dropped_stale": float(dropped_stale)})
+        advantages, returns, keep = self._advantages(rollout)
+        ratio_mask = keep.clone()
+        if self.config.mask_interventions:
+            ratio_mask &= ~rollout.intervention
+        old_log_prob, behaviour_weight = self._proximal_log_prob(rollout)
+        if self.config.normalize_advantages and bool(keep.any()):
+            advantages = normalize_advantages(advantages, mask=keep)
+        stats = self._ppo_epochs(rollout, advantages, returns, old_log_prob, behaviour_weight, ratio_mask, keep)
+        stats.extra.update(
+            {
+                "samples/used": float(ratio_mask.sum()),
+                "samples/dropped_stale": float(dropped_stale),
+                "samples/interventions": float(rollout.intervention.sum()),
+                "ppo/explained_variance": float(explained_variance(rollout.value.float(), returns)),
+                "ppo/advantage_abs_mean": float(advantages[keep].abs().mean()) if bool(keep.any()) else 0.0,
+                "rollout/reward_mean": float(rollout.reward.float().mean()),
+            }
+        )
+        if stats.extra.get("numerics/steps_taken", 0.0) > 0:
+            self._policy_version += 1
+        self._num_updates += 1
+        self._apply_noise_schedule()
+        stats.extra["policy/version"] = float(self._policy_version)
+        stats.extra["flow/sde_noise_level"] = float(self.policy.sde_noise_level)
+        return stats
+
+    def _apply_noise_schedule(self) -> None:
+        variant = self.policy.config.variant
+        if isinstance(variant, FlowSDEConfig):
+            self.policy.set_noise_level(variant.noise_level_at(self._num_updates))
+
+    def _drop_stale(self, rollout: Rollout) -> tuple[Rollout, int]:
+        fresh = rollout.policy_version >= self._policy_version - self.config.staleness
+        dropped = int((~fresh).sum())
+        if dropped:
+            rollout = rollout.select(fresh)
+        return rollout, dropped
+
+    @torch.no_grad()
+    def _bootstrap_next_values(self, rollout: Rollout) -> Tensor:
+        """V(o_{t+1}) per row: the next row's behaviour value inside a stream, else V(next obs) from the critic."""
+        n = len(rollout)
+        next_values = torch.zeros(n, dtype=torch.float32, device=rollout.value.device)
+        need_critic = torch.zeros(n, dtype=torch.bool, device=rollout.value.device)
+        done = rollout.done
+        for sid in torch.unique(rollout.stream_id).tolist():
+            rows = torch.nonzero(rollout.stream_id == sid).flatten()
+            for pos, row in enumerate(rows.tolist()):
+                if bool(rollout.terminated[row]):
+                    continue
+                if bool(done[row]) or pos == len(rows) - 1:
+                    need_critic[row] = True
+                else:
+                    next_values[row] = rollout.value[rows[pos + 1]].float()
+        if bool(need_critic.any()):
+            idx = torch.nonzero(need_critic).flatten()
+            for start in range(0, len(idx), self.config.minibatch_size):
+                part = idx[start : start + self.config.minibatch_size]
+                obs = {k: v[part] for k, v in rollout.next_observations.items()}
+                next_values[part] = self.policy.value(obs).float()
+        return next_values
+
+    def _advantages(self, rollout: Rollout) -> tuple[Tensor, Tensor, Tensor]:
+        """Advantages, returns and the mask of rows that carry a usable advantage."""
+        if self.config.advantage_estimator == "gae":
+            advantages, returns = stream_gae(
+                rewards=rollout.reward.float(),
+                values=rollout.value.float(),
+                next_values=self._bootstrap_next_values(rollout),
+                terminated=rollout.terminated,
+                truncated=rollout.truncated,
+                stream_id=rollout.stream_id,
+                gamma=self.config.gamma,
+                lam=self.config.gae_lambda,
+            )
+            return advantages.float(), returns.float(), torch.ones(len(rollout), dtype=torch.bool, device=advantages.device)
+        return self._grpo_advantages(rollout)
+
+    def _grpo_advantages(self, rollout: Rollout) -> tuple[Tensor, Tensor, Tensor]:
+        """Episode success normalized within groups of episodes that started from the same state."""
+        n = len(rollout)
+        device = rollout.reward.device
+        episode = torch.full((n,), -1, dtype=torch.long, device=device)
+        scores, groups = [], []
+        done = rollout.done
+        for sid in torch.unique(rollout.stream_id).tolist():
+            rows = torch.nonzero(rollout.stream_id == sid).flatten().tolist()
+            current: list[int] = []
+            for row in rows:
+                current.append(row)
+                if bool(done[row]):  # only complete episodes get a score
+                    episode[current] = len(scores)
+                    scores.append(float(rollout.success[current].any()))
+                    groups.append(int(rollout.group_id[row]))
+                    current = []
+        advantages = torch.zeros(n, dtype=torch.float32, device=device)
+        keep = torch.zeros(n, dtype=torch.bool, device=device)
+        if scores:
+            ep_adv, ep_keep = grpo_advantages(
+                scores=torch.tensor(scores, device=device),
+                group_ids=torch.tensor(groups, device=device),
+                drop_uniform_groups=self.config.grpo_drop_uniform_groups,
+            )
+            has_ep = episode >= 0
+            advantages[has_ep] = ep_adv[episode[has_ep]].float()
+            keep[has_ep] = ep_keep[episode[has_ep]]
+        # No critic: returns are unused, kept equal to the behaviour value so the value loss is zero.
+        return advantages, rollout.value.float(), keep
+
+    @torch.no_grad()
+    def _proximal_log_prob(self, rollout: Rollout) -> tuple[Tensor, Tensor]:
+        """Old log-prob for the PPO ratio, and per-row behaviour weights (decoupled PPO for stale rows).
+
+        Rows from the current version use their behaviour log-prob (weight 1). Rows from an older version are
+        re-scored under the current weights (the proximal policy); their weight pi_prox / pi_behaviour is capped.
+        """
+        old = rollout.log_prob.float().clone()
+        weight = torch.ones(len(rollout), dtype=torch.float32, device=old.device)
+        stale = torch.nonzero(rollout.policy_version < self._policy_version).flatten()
+        for start in range(0, len(stale), self.config.minibatch_size):
+            part = stale[start : start + self.config.minibatch_size]
+            ev = self._evaluate(rollout, part)
+            log_w = (ev.log_prob.float() - old[part]).reshape(len(part), -1).sum(dim=1)
+            weight[part] = torch.exp(log_w.clamp(max=math.log(self.config.behaviour_weight_cap)))
+            old[part] = ev.log_prob.float()
+        return old, weight
+
+    def _evaluate(self, rollout: Rollout, rows: Tensor):
+        obs = {k: v[rows] for k, v in rollout.observations.items()}
+        return self.policy.evaluate_chain(obs, rollout.chain[rows], rollout.step_index[rows], rollout.noise_level[rows])
+
+    def _ppo_epochs(
+        self,
+        rollout: Rollout,
+        advantages: Tensor,
+        returns: Tensor,
+        old_log_prob: Tensor,
+        behaviour_weight: Tensor,
+        ratio_mask: Tensor,
+        keep: Tensor,
+    ) -> TrainingStats:
+        cfg = self.config
+        n = len(rollout)
+        use_entropy = isinstance(self.policy.config.variant, FlowNoiseConfig) and cfg.entropy_coef > 0
+        use_critic = cfg.advantage_estimator == "gae" and cfg.value_coef > 0
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+
+        def log(name: str, value: float) -> None:
+            sums[name] = sums.get(name, 0.0) + value
+            counts[name] = counts.get(name, 0) + 1
+
+        steps_taken, steps_skipped, max_ratio = 0, 0, 0.0
+        first = True
+        stopped_early = 0.0
+        for _epoch in range(cfg.update_epochs):
+            epoch_kl: list[float] = []
+            for rows in torch.randperm(n, device=advantages.device).split(cfg.minibatch_size):
+                ev = self._evaluate(rollout, rows)
+                if first:
+                    self._check_ratio(ev.log_prob.detach(), old_log_prob[rows], rollout.policy_version[rows])
+                    first = False
+                mask = ratio_mask[rows]
+                pg_loss, pg = ppo_policy_loss(
+                    log_prob=ev.log_prob,
+                    old_log_prob=old_log_prob[rows],
+                    advantages=advantages[rows] * behaviour_weight[rows],
+                    clip_low=cfg.clip_low,
+                    clip_high=cfg.clip_high,
+                    dual_clip=cfg.dual_clip,
+                    mask=mask,
+                )
+                loss = pg_loss if bool(mask.any()) else ev.log_prob.sum() * 0.0
+                v_loss = torch.zeros((), device=loss.device)
+                if use_critic:
+                    v_loss = value_loss(
+                        values=ev.value,
+                        old_values=rollout.value[rows].float(),
+                        returns=returns[rows],
+                        clip=cfg.value_clip,
+                        huber_delta=cfg.huber_delta,
+                        mask=keep[rows],
+                    )
+                    loss = loss + cfg.value_coef * v_loss
+                entropy = ev.entropy.mean()
+                if use_entropy:
+                    loss = loss - cfg.entropy_coef * entropy
+
+                if not _finite(loss, ev.log_prob, ev.value):
+                    steps_skipped += 1
+                    self._zero_grad()
+                    logger.error("non-finite log-prob/value/loss in a PPO minibatch: optimizer step skipped")
+                    continue
+                self._zero_grad()
+                loss.backward()
+                grad_norms = self._clip_gradients()
+                if not all(math.isfinite(g) for g in grad_norms.values()):
+                    steps_skipped += 1
+                    self._zero_grad()
+                    logger.error("non-finite gradient norm %s: optimizer step skipped", grad_norms)
+                    continue
+                for opt in self.optimizers.values():
+                    opt.step()
+                steps_taken += 1
+                self._optimization_step += 1
+
+                log("loss/policy", float(pg_loss.detach()))
+                log("loss/value", float(v_loss.detach()))
+                log("loss/entropy", float(entropy.detach()))
+                log("loss/total", float(loss.detach()))
+                log("ppo/approx_kl", float(pg.approx_kl))
+                log("ppo/clip_fraction", float(pg.clip_fraction))
+                log("ppo/ratio_mean", float(pg.ratio_mean))
+                log("flow/std_mean", float(ev.std_mean.mean()))
+                for role, g in grad_norms.items():
+                    log(f"grad/{role}", g)
+                max_ratio = max(max_ratio, float(pg.ratio_max))
+                epoch_kl.append(float(pg.approx_kl))
+            if cfg.target_kl is not None and epoch_kl and sum(epoch_kl) / len(epoch_kl) > cfg.target_kl:
+                stopped_early = 1.0
+                break
+
+        means = {k: sums[k] / counts[k] for k in sums}
+        losses = {k.split("/", 1)[1]: v for k, v in means.items() if k.startswith("loss/")}
+        grads = {k.split("/", 1)[1]: v for k, v in means.items() if k.startswith("grad/")}
+        extra = {k: v for k, v in means.items() if not k.startswith(("loss/", "grad/"))}
+        extra.update(
+            {
+                "ppo/ratio_max": max_ratio,
+                "ppo/early_stopped": stopped_early,
+                "numerics/steps_taken": float(steps_taken),
+                "numerics/steps_skipped": float(steps_skipped),
+            }
+        )
+        return TrainingStats(losses=losses, grad_norms=grads, extra=extra)
+
+    def _check_ratio(self, log_prob: Tensor, old_log_prob: Tensor, versions: Tensor) -> None:
+        """On the first minibatch, rows sampled by the current weights must score exactly as recorded."""
+        current = versions == self._policy_version
+        if not bool(current.any()):
+            return
+        diff = (log_prob.float() - old_log_prob.float())[current].abs()
+        if not bool(torch.isfinite(diff).all()):
+            return  # non-finite values are handled (skipped and reported) by the numerics guard
+        worst = float(diff.max())
+        if worst > self.config.ratio_check_tolerance:
+            raise RatioMismatchError(
+                f"first-minibatch |log ratio| = {worst:.3g} > algorithm.ratio_check_tolerance="
+                f"{self.config.ratio_check_tolerance} on rows sampled by the current weights (version "
+                f"{self._policy_version}): the learner scores the chain differently from how the actor sampled it "
+                "(different weights, noise level, variant, K, dtype or preprocessing?)"
+            )
+
+    def _zero_grad(self) -> None:
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+
+    def _clip_gradients(self) -> dict[str, float]:
+        norms = {}
+        for role, opt in self.optimizers.items():
+            params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+            if params:
+                norms[role] = float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
+        return norms
