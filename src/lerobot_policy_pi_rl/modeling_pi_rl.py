@@ -223,7 +223,8 @@ class PiRLPolicy(PreTrainedPolicy):
         noise = self._initial_noise(bsize, generator)
         device = noise.device
         stochastic, step_index = self._stochastic_mask(bsize, device, generator)
-        noise_level = self.sde_noise_level.float().expand(bsize).to(device)
+        # A copy, not a view of the buffer: annealing must not rewrite the level recorded with a sample.
+        noise_level = self.sde_noise_level.float().expand(bsize).to(device).clone()
         if not isinstance(self.config.variant, FlowSDEConfig):
             noise_level = torch.zeros(bsize, device=device)
         chain, step_log_probs, _ = sample_chain(

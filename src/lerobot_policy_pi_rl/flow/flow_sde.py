@@ -8,8 +8,6 @@ With a = 0 this is exactly the Euler step x_t - dt * v.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -45,7 +43,11 @@ def flow_sde_step(
     sigma = flow_sde_sigma(t, noise_level=noise_level, dt=dt)
     drift = v + sigma.square() / (2.0 * t) * (x_t + (1.0 - t) * v)
     mean = x_t - dt * drift
-    std = (math.sqrt(dt) * sigma).expand_as(mean)
+    # std = sqrt(dt) * sigma = a * sqrt(dt * t / (1 - t)); at t = 1 (where 1 - t_1 = dt) the root is exactly 1,
+    # so the first step's std is exactly `a`, not sqrt(dt) * (a / sqrt(dt)) with its float rounding.
+    first = t >= 1.0
+    ratio = torch.where(first, torch.ones_like(t), dt * t / torch.where(first, torch.ones_like(t), 1.0 - t))
+    std = (noise_level * torch.sqrt(ratio)).expand_as(mean)
     if isinstance(noise_level, Tensor):
         # Where a = 0 the step is the exact Euler step (sigma = 0 makes the drift term vanish already).
         std = torch.where(std == 0, torch.zeros_like(std), std)
