@@ -1,0 +1,367 @@
+"""PI-RL actor: chunk-level rollouts with the learner's newest weights, streamed over LeRobot's gRPC transport.
+
+    python -m lerobot_policy_pi_rl.runtime.actor <same flags as the learner> [--actor_index=0]
+    (`lerobot-pi-rl-actor ...`; `--algorithm.type=sac` runs LeRobot's stock SAC actor unchanged.)
+
+The loop, one stage per line (`PiRLActor.run`), over `n_envs` envs at once:
+    wait for weights -> repeat: apply new weights (between chunks, never mid-chunk) -> preprocess observations ->
+    sample_chain (one batch for all envs) -> execute up to C actions per env (stop at done) -> send one chunk
+    transition per env -> reset finished envs (policy.reset()) and report their episodes.
+Transport: LeRobot's `receive_policy` / `send_transitions` / `send_interactions` workers, each wrapped in a
+reconnect loop, so a restarted learner is picked up (rows of the old learner run are dropped by the new one).
+The actor stops when the learner says training is done, on SIGINT/SIGTERM, after `actor_max_chunks`, or when
+the learner stays unreachable for `reconnect_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.multiprocessing import Queue
+
+from lerobot.policies import make_policy, make_pre_post_processors
+from lerobot.rl.actor import push_transitions_to_transport_queue, receive_policy, send_interactions, send_transitions
+from lerobot.rl.queue import get_last_item_from_queue
+from lerobot.transport.utils import bytes_to_state_dict, python_object_to_bytes
+from lerobot.utils.process import ProcessSignalHandler
+from lerobot.utils.random_utils import set_seed
+
+from .config import PiRLTrainRLServerPipelineConfig
+from .env_streams import StepResult, make_env_streams
+from .transitions import STREAM_STRIDE, chunk_to_transition
+from .transport import LEARNER_SESSION_KEY, TRAINING_DONE_KEY, new_client, wait_for_learner
+
+logger = logging.getLogger("lerobot_policy_pi_rl.actor")
+
+
+@dataclass
+class EpisodeStats:
+    reward: float = 0.0
+    length: int = 0
+    intervention_steps: int = 0
+    success: bool = False
+
+    def add(self, step: StepResult) -> None:
+        self.reward += step.reward
+        self.length += 1
+        self.intervention_steps += int(step.intervention)
+        self.success = self.success or step.success
+
+
+@dataclass
+class ChunkOutcome:
+    """What executing (part of) one chunk in one env produced."""
+
+    next_observation: dict[str, Any]
+    executed: torch.Tensor  # [C', A_env]
+    reward: float
+    terminated: bool
+    truncated: bool
+    success: bool
+    intervention: bool
+
+
+@dataclass
+class Workers:
+    parameters: Queue
+    transitions: Queue
+    interactions: Queue
+    threads: list[threading.Thread] = field(default_factory=list)
+    learner_lost: threading.Event = field(default_factory=threading.Event)
+
+
+class PiRLActor:
+    def __init__(self, cfg: PiRLTrainRLServerPipelineConfig, policy, algorithm, preprocessor, postprocessor, streams,
+                 workers: Workers, shutdown_event):
+        self.cfg = cfg
+        self.policy = policy
+        self.algorithm = algorithm
+        self.preprocessor = preprocessor
+        self.postprocessor = postprocessor
+        self.streams = streams
+        self.workers = workers
+        self.shutdown_event = shutdown_event
+        self.device = torch.device(cfg.policy.device)
+        self.C = cfg.policy.n_action_steps
+        self.session = -1
+        self.training_done = False
+        self.weights_applied = 0
+        self.chunks_sent = 0
+        self.env_steps = 0
+        self.episodes = 0
+        self.stream_ids = [cfg.actor_index * STREAM_STRIDE + i for i in range(len(streams))]
+        self.chunk_index = [0] * len(streams)
+        self.episode = [EpisodeStats() for _ in streams]
+
+    # ------------------------------------------------------------------------------------------------------
+    # The loop
+    # ------------------------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        if not self.wait_for_first_weights():
+            return 0 if self.shutdown_event.is_set() else 1
+        observations = self.reset_all()
+        while not self.should_stop():
+            self.apply_new_weights()
+            if self.training_done:
+                break
+            batch = self.preprocess(observations)
+            sample = self.policy.sample_chain(self.stack(batch))
+            actions = self.postprocess(sample.action_chunk[:, : self.C])
+            outcomes = [self.execute_chunk(i, actions[i]) for i in range(len(self.streams))]
+            self.send(batch, outcomes, sample)
+            observations = self.next_observations(outcomes)
+        return 1 if self.workers.learner_lost.is_set() and not self.training_done else 0
+
+    # ------------------------------------------------------------------------------------------------------
+    # Stages
+    # ------------------------------------------------------------------------------------------------------
+
+    def should_stop(self) -> bool:
+        if self.shutdown_event.is_set() or self.training_done or self.workers.learner_lost.is_set():
+            return True
+        return self.cfg.actor_max_chunks > 0 and min(self.chunk_index) >= self.cfg.actor_max_chunks
+
+    def wait_for_first_weights(self) -> bool:
+        """Act only with the learner's weights (a locally initialised policy would be a different policy)."""
+        while self.session < 0:
+            if self.shutdown_event.is_set() or self.workers.learner_lost.is_set():
+                return False
+            self.apply_new_weights(block=True)
+        return True
+
+    def apply_new_weights(self, block: bool = False) -> None:
+        message = get_last_item_from_queue(self.workers.parameters, block=block, timeout=0.2)
+        if message is None:
+            return
+        weights = bytes_to_state_dict(message)
+        self.algorithm.load_weights(weights, device=self.device)  # also policy.reset()
+        self.session = int(weights[LEARNER_SESSION_KEY])
+        self.training_done = bool(weights.get(TRAINING_DONE_KEY, False))
+        self.weights_applied += 1
+        logger.info("[ACTOR] applied weights version %d%s", self.algorithm.policy_version,
+                    " (training done)" if self.training_done else "")
+
+    def reset_all(self) -> list[dict]:
+        self.policy.reset()
+        return [stream.reset() for stream in self.streams]
+
+    def preprocess(self, observations: list[dict]) -> list[dict[str, torch.Tensor]]:
+        """Per env: the policy's preprocessor (normalize, batch dim, device) with the env's task string."""
+        return [self.preprocess_one(i, obs) for i, obs in enumerate(observations)]
+
+    @staticmethod
+    def stack(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        return {k: torch.cat([b[k] for b in batch]) for k in batch[0]}
+
+    def postprocess(self, chunk: torch.Tensor) -> torch.Tensor:
+        """Normalized `[N, C, A]` -> env actions `[N, C, A]` on cpu (the policy's un-normalizer)."""
+        return self.postprocessor(chunk).float().cpu()
+
+    def execute_chunk(self, i: int, actions: torch.Tensor) -> ChunkOutcome:
+        """Step env i with up to C actions; stop at the first done (the chunk ends the episode there)."""
+        executed, reward, step = [], 0.0, None
+        intervention = success = False
+        for action in actions:
+            step = self.streams[i].step(action)
+            self.episode[i].add(step)
+            executed.append(step.executed_action.reshape(-1))
+            reward += step.reward
+            intervention |= step.intervention
+            success |= step.success
+            if step.terminated or step.truncated:
+                break
+        self.env_steps += len(executed)
+        return ChunkOutcome(step.observation, torch.stack(executed), reward, step.terminated, step.truncated,
+                            success, intervention)
+
+    def send(self, batch: list[dict], outcomes: list[ChunkOutcome], sample) -> None:
+        transitions = []
+        for i, out in enumerate(outcomes):
+            transitions.append(
+                chunk_to_transition(
+                    observation=batch[i],
+                    next_observation=self.preprocess_one(i, out.next_observation),
+                    executed_actions=out.executed,
+                    reward=out.reward,
+                    terminated=out.terminated,
+                    truncated=out.truncated and not out.terminated,
+                    chain=sample.chain[i],
+                    step_index=sample.step_index[i],
+                    noise_level=sample.noise_level[i],
+                    log_prob=sample.log_prob[i],
+                    value=sample.value[i],
+                    policy_version=self.algorithm.policy_version,
+                    learner_session=self.session,
+                    stream_id=self.stream_ids[i],
+                    chunk_index=self.chunk_index[i],
+                    success=out.success,
+                    is_intervention=out.intervention,
+                )
+            )
+            self.chunk_index[i] += 1
+        push_transitions_to_transport_queue(transitions, self.workers.transitions)
+        self.chunks_sent += len(transitions)
+
+    def preprocess_one(self, i: int, observation: dict) -> dict[str, torch.Tensor]:
+        processed = self.preprocessor({**observation, "task": self.streams[i].task})
+        return {k: v for k, v in processed.items() if k.startswith("observation") and torch.is_tensor(v)}
+
+    def next_observations(self, outcomes: list[ChunkOutcome]) -> list[dict]:
+        """Continue running episodes; reset finished ones (policy.reset()) and report them to the learner."""
+        observations = []
+        for i, out in enumerate(outcomes):
+            if out.terminated or out.truncated:
+                self.report_episode(i)
+                self.policy.reset()
+                observations.append(self.streams[i].reset())
+            else:
+                observations.append(out.next_observation)
+        return observations
+
+    def report_episode(self, i: int) -> None:
+        ep = self.episode[i]
+        self.episodes += 1
+        message = {
+            "Episodic reward": ep.reward,
+            "Interaction step": self.env_steps,
+            "Episode length": ep.length,
+            "Success": float(ep.success),
+            "Episode intervention": int(ep.intervention_steps > 0),
+            "Intervention rate": ep.intervention_steps / max(ep.length, 1),
+            "Policy version": self.algorithm.policy_version,
+            "Stream id": self.stream_ids[i],
+        }
+        self.workers.interactions.put(python_object_to_bytes(message))
+        self.episode[i] = EpisodeStats()
+
+    def close(self) -> None:
+        self.shutdown_event.set()
+        for t in self.workers.threads:
+            t.join(timeout=5.0)
+        for stream in self.streams:
+            stream.close()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Assembly
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _keep_streaming(name: str, worker, cfg, queue: Queue, shutdown_event, learner_lost: threading.Event) -> None:
+    """Run one of LeRobot's actor transport workers; when its stream breaks, wait for the learner and rerun."""
+    alc = cfg.policy.actor_learner_config
+    while not shutdown_event.is_set():
+        stub, channel = new_client(alc.learner_host, alc.learner_port)
+        try:
+            worker(cfg, queue, shutdown_event, stub, channel)
+        finally:
+            channel.close()
+        if shutdown_event.is_set():
+            return
+        logger.warning("[ACTOR] %s stream to the learner ended; reconnecting", name)
+        if not wait_for_learner(alc.learner_host, alc.learner_port, shutdown_event, cfg.reconnect_timeout_s):
+            if not shutdown_event.is_set():
+                logger.error("[ACTOR] learner unreachable for %.0fs: giving up", cfg.reconnect_timeout_s)
+                learner_lost.set()
+            return
+
+
+def start_workers(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event) -> Workers:
+    # LeRobot's workers close their channel and re-init logging unless they run as threads.
+    cfg.policy.concurrency.actor = "threads"
+    workers = Workers(Queue(), Queue(), Queue())
+    for name, fn, queue in (
+        ("parameters", receive_policy, workers.parameters),
+        ("transitions", send_transitions, workers.transitions),
+        ("interactions", send_interactions, workers.interactions),
+    ):
+        thread = threading.Thread(
+            target=_keep_streaming,
+            args=(name, fn, cfg, queue, shutdown_event, workers.learner_lost),
+            name=f"pi_rl-actor-{name}",
+            daemon=True,
+        )
+        thread.start()
+        workers.threads.append(thread)
+    return workers
+
+
+def build_actor(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event=None) -> PiRLActor:
+    """Assemble policy (+ algorithm, for versioned weight loading), processors, envs and transport workers."""
+    from ..rl.algorithm import PiRLAlgorithm
+
+    seed = (cfg.seed or 0) + 1_000 * (cfg.actor_index + 1)
+    set_seed(seed)
+    if shutdown_event is None:
+        shutdown_event = ProcessSignalHandler(use_threads=True).shutdown_event
+    policy = make_policy(cfg=cfg.policy, env_cfg=cfg.env)
+    policy.eval()
+    algorithm = PiRLAlgorithm(policy=policy, config=cfg.algorithm)
+    preprocessor, postprocessor = make_pre_post_processors(
+        policy_cfg=cfg.policy,
+        pretrained_path=str(cfg.policy.pretrained_path) if cfg.policy.pretrained_path else None,
+        dataset_stats=_dataset_stats(cfg),
+    )
+    streams = make_env_streams(cfg, cfg.n_envs, seed)
+    alc = cfg.policy.actor_learner_config
+    if not wait_for_learner(alc.learner_host, alc.learner_port, shutdown_event, cfg.reconnect_timeout_s):
+        raise ConnectionError(f"no learner at {alc.learner_host}:{alc.learner_port} after {cfg.reconnect_timeout_s}s")
+    workers = start_workers(cfg, shutdown_event)
+    return PiRLActor(cfg, policy, algorithm, preprocessor, postprocessor, streams, workers, shutdown_event)
+
+
+def _dataset_stats(cfg) -> dict | None:
+    stats = cfg.policy.dataset_stats
+    if stats is None:
+        return None
+    return {k: {s: torch.as_tensor(v) for s, v in d.items()} for k, d in stats.items()}
+
+
+def run_actor(cfg: PiRLTrainRLServerPipelineConfig) -> int:
+    from .learner import setup_logging
+
+    setup_logging(cfg, f"actor{cfg.actor_index}")
+    actor = build_actor(cfg)
+    t0 = time.perf_counter()
+    try:
+        code = actor.run()
+        # Let the last transitions leave before the workers stop.
+        deadline = time.monotonic() + 5.0
+        while not actor.workers.transitions.empty() and time.monotonic() < deadline and not actor.training_done:
+            time.sleep(0.05)
+    finally:
+        actor.close()
+    logger.info(
+        "[ACTOR] done: %d chunks, %d env steps, %d episodes, %d weight updates applied, %.1f env steps/s",
+        actor.chunks_sent, actor.env_steps, actor.episodes, actor.weights_applied,
+        actor.env_steps / max(time.perf_counter() - t0, 1e-9),
+    )
+    return code
+
+
+def run_stock_sac_actor(cfg) -> int:
+    """`--algorithm.type=sac`: LeRobot's own actor, given this package's bug-fixed config."""
+    from lerobot.rl.actor import actor_cli
+
+    actor_cli.__wrapped__(cfg)  # unwrapped: the parser would re-parse argv with LeRobot's own config class
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .cli import load_config
+
+    cfg = load_config(argv)
+    if cfg.algorithm.type == "sac":
+        return run_stock_sac_actor(cfg)
+    return run_actor(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

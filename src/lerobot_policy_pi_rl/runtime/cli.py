@@ -1,0 +1,37 @@
+"""Shared entry-point prologue: register this plugin's types BEFORE parsing, then parse and validate."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+from .config import PiRLTrainRLServerPipelineConfig
+
+
+def register_plugin() -> None:
+    """Import everything that registers a draccus choice: policy `pi_rl`, algorithm `pi_rl`, env `pi_rl_pickcube`.
+
+    LeRobot's `lerobot.rl.*` entry points do not call `register_third_party_plugins()`, so ours do it by import.
+    """
+    import lerobot_policy_pi_rl  # noqa: F401  (policy type pi_rl)
+    import lerobot_policy_pi_rl.rl.algorithm  # noqa: F401  (algorithm type pi_rl)
+
+    try:
+        importlib.import_module("lerobot_policy_pi_rl.envs.pickcube")  # env type pi_rl_pickcube
+    except ModuleNotFoundError as err:
+        if "lerobot_policy_pi_rl.envs" not in str(err):
+            raise
+
+
+def load_config(argv: list[str] | None = None) -> PiRLTrainRLServerPipelineConfig:
+    """Parse and validate; a bad value exits with status 2 and one line naming the field."""
+    from .config import parse_config
+
+    register_plugin()
+    try:
+        return parse_config(argv)
+    except (ValueError, TypeError, FileExistsError) as err:
+        logging.getLogger("lerobot_policy_pi_rl").debug("invalid config", exc_info=True)
+        print(f"error: invalid configuration: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,177 @@
+"""`PiRLTrainRLServerPipelineConfig`: LeRobot's actor/learner config plus what PI-RL's runtime needs.
+
+Same CLI/JSON shape as `lerobot.rl.learner` / `lerobot.rl.actor` (`--policy.*`, `--env.*`, `--algorithm.*`,
+`--output_dir`, `--resume`, `--wandb.*`, `--config_path`), plus the fields below. `validate()` replaces
+LeRobot's so that this plugin does not inherit the upstream bugs of LEROBOT.md §2:
+  * no offline dataset (`dataset: null`) is valid (upstream dereferences `dataset.repo_id`);
+  * `push_to_hub` without a `repo_id` is turned off with a warning instead of failing;
+  * actor and learner may share `output_dir` (upstream raises FileExistsError); the learner alone guards
+    against overwriting a run (`checkpoints/last` exists and resume is false);
+  * `resume=true` needs no `--config_path`: the learner resumes from `<output_dir>/checkpoints/last`;
+  * `env.processor.reset` (a field typed `Any`) is encoded by hand, so logging and checkpoints work.
+"""
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import draccus
+
+from lerobot.configs import parser
+from lerobot.configs.policies import PreTrainedConfig
+from lerobot.configs.train import TRAIN_CONFIG_NAME
+from lerobot.rl.algorithms.factory import make_algorithm_config
+from lerobot.rl.train_rl import TrainRLServerPipelineConfig
+
+from ..configuration_pi_rl import PiRLConfig
+
+ALGORITHMS = ("pi_rl", "sac")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(kw_only=True)
+class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
+    # PPO updates the learner runs before it checkpoints, tells the actors to stop, and exits.
+    num_updates: int = 100
+    # Checkpoint every N updates (and always after the last one); 0 keeps only the final checkpoint.
+    checkpoint_every_updates: int = 10
+    # Parallel environments per actor process; each is one stream (stream_id = actor_index * 65536 + env index).
+    n_envs: int = 1
+    # Actor processes `lerobot-pi-rl-train` starts (the learner serves all of them).
+    num_actors: int = 1
+    # Index of this actor process among `num_actors` (set by `lerobot-pi-rl-train`; makes stream ids unique).
+    actor_index: int = 0
+    # Print a console progress line every N updates.
+    console_log_every_updates: int = 1
+    # Actor: keep retrying a lost learner for this many seconds before giving up (covers learner restarts).
+    reconnect_timeout_s: float = 120.0
+    # Actor: stop after this many chunk steps per env (0 = run until the learner says training is done).
+    actor_max_chunks: int = 0
+
+    def validate(self) -> None:
+        policy_path = parser.get_path_arg("policy")
+        if policy_path:
+            overrides = parser.get_yaml_overrides("policy") + (parser.get_cli_overrides("policy") or [])
+            self.policy = PreTrainedConfig.from_pretrained(policy_path, cli_overrides=overrides)
+            self.policy.pretrained_path = Path(policy_path)
+        _require(self.policy is not None, "policy is not set: pass --policy.type=pi_rl (or --policy.path=<dir>)")
+        _require(self.env is not None, "env is not set: pass --env.type=... (e.g. pi_rl_pickcube, gym_manipulator)")
+        if self.algorithm is None:
+            self.algorithm = make_algorithm_config("pi_rl" if isinstance(self.policy, PiRLConfig) else "sac")
+        _require(
+            self.algorithm.type in ALGORITHMS,
+            f"algorithm.type={self.algorithm.type!r} is not supported; allowed: {', '.join(ALGORITHMS)}",
+        )
+        if self.algorithm.type == "pi_rl":
+            _require(
+                isinstance(self.policy, PiRLConfig),
+                f"algorithm.type=pi_rl needs policy.type=pi_rl, got policy.type={self.policy.type!r}",
+            )
+        if getattr(self.algorithm, "policy_config", None) is None:
+            self.algorithm.policy_config = self.policy
+        for name in ("num_updates", "n_envs", "num_actors", "console_log_every_updates"):
+            _require(getattr(self, name) >= 1, f"{name}={getattr(self, name)} must be >= 1")
+        for name in ("checkpoint_every_updates", "actor_max_chunks", "actor_index"):
+            _require(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
+        _require(
+            self.actor_index < self.num_actors,
+            f"actor_index={self.actor_index} must be < num_actors={self.num_actors}",
+        )
+        _require(self.reconnect_timeout_s > 0, f"reconnect_timeout_s={self.reconnect_timeout_s} must be > 0")
+        if self.env.type == "gym_manipulator":
+            _require(self.n_envs == 1, f"n_envs={self.n_envs}: env.type=gym_manipulator drives one robot, use 1")
+        port = self.policy.actor_learner_config.learner_port
+        _require(0 < port < 65536, f"policy.actor_learner_config.learner_port={port} must be in 1..65535")
+
+        if not self.job_name:
+            self.job_name = f"{self.env.type}_{self.policy.type}"
+        if not self.output_dir:
+            now = dt.datetime.now()
+            self.output_dir = Path("outputs/train") / f"{now:%Y-%m-%d}/{now:%H-%M-%S}_{self.job_name}"
+        self.output_dir = Path(self.output_dir)
+        if self.use_policy_training_preset and not self.resume:
+            self.optimizer = self.policy.get_optimizer_preset()
+            self.scheduler = self.policy.get_scheduler_preset()
+        if getattr(self.policy, "push_to_hub", False) and not self.policy.repo_id:
+            logging.warning("policy.push_to_hub=true without policy.repo_id: not pushing to the hub")
+            self.policy.push_to_hub = False
+
+    # --- encoding (draccus 0.11 cannot encode `env.processor.reset`, a field typed `Any`) ---
+
+    def to_dict(self) -> dict[str, Any]:
+        processor = getattr(self.env, "processor", None)
+        reset = getattr(processor, "reset", None)
+        if reset is None:
+            out = draccus.encode(self)
+        else:
+            processor.reset = None
+            try:
+                out = draccus.encode(self)
+            finally:
+                processor.reset = reset
+            out["env"]["processor"]["reset"] = dataclasses.asdict(reset)
+        if self.algorithm is not None and self.algorithm.type == "sac":
+            # Stock-shaped, so LeRobot's own SAC learner can resume from it.
+            for f in dataclasses.fields(PiRLTrainRLServerPipelineConfig):
+                if f.name not in {g.name for g in dataclasses.fields(TrainRLServerPipelineConfig)}:
+                    out.pop(f.name, None)
+        return out
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        with open(Path(save_directory) / TRAIN_CONFIG_NAME, "w") as f:
+            json.dump(self.to_dict(), f, indent=4)
+
+
+def _root_message(err: BaseException) -> str:
+    """draccus hides a config's own `__post_init__` error (which names the field) under generic messages."""
+    deepest, seen = err, 0
+    while seen < 20:
+        nxt = deepest.__cause__ or deepest.__context__
+        if nxt is None:
+            break
+        deepest, seen = nxt, seen + 1
+    return str(deepest) if isinstance(deepest, (ValueError, TypeError)) else str(err)
+
+
+def parse_config(args: list[str] | None = None) -> PiRLTrainRLServerPipelineConfig:
+    """Parse like LeRobot's `parser.wrap` (`--config_path`, `--policy.path`, `--*.discover_packages_path`),
+    then validate. Any bad value raises `ValueError` naming the field.
+
+    Import this package first (the entry points do), so `pi_rl` types resolve.
+    """
+    import sys
+
+    from draccus.utils import DecodingError
+
+    cli_args = list(sys.argv[1:] if args is None else args)
+    sys.argv = [sys.argv[0], *cli_args]  # LeRobot's path-arg helpers read sys.argv
+    for plugin_arg, plugin_path in parser.parse_plugin_args(parser.PLUGIN_DISCOVERY_SUFFIX, cli_args).items():
+        parser.load_plugin(plugin_path)
+        cli_args = parser.filter_arg(plugin_arg, cli_args)
+    cls = PiRLTrainRLServerPipelineConfig
+    if "--help" in cli_args or "-h" in cli_args:
+        parser.print_scoped_help(cls, cli_args)
+        sys.exit(0)
+    config_path = parser.parse_arg("config_path", cli_args)
+    path_fields = cls.__get_path_fields__()
+    cli_args = parser.filter_path_args(path_fields, cli_args)
+    if config_path:
+        config_path = parser.extract_path_fields_from_config(config_path, path_fields)
+        cli_args = parser.filter_arg("config_path", cli_args)
+    try:
+        if config_path:
+            cfg = cls.from_pretrained(config_path, cli_args=cli_args)
+        else:
+            cfg = draccus.parse(config_class=cls, args=cli_args)
+    except DecodingError as err:
+        raise ValueError(_root_message(err)) from err
+    cfg.validate()
+    return cfg

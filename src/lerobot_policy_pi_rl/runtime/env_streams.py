@@ -1,0 +1,184 @@
+"""Environment streams for the PI-RL actor: one object per env instance, stepped one action at a time.
+
+A chunk ends early at a done, and envs of one actor finish chunks at different steps, so the actor steps envs
+individually (never a lock-stepped vector env, whose autoreset would run the rest of an old chunk in a new
+episode). Three sources:
+  * `pi_rl_pickcube`: this package's state-only PickCube (`make_pickcube_env`);
+  * any other LeRobot `EnvConfig` sim: `lerobot.envs.make_env(cfg, n_envs)` (a SyncVectorEnv, whose sub-envs
+    are stepped one by one), observations through `preprocess_observation` and the env's own processors,
+    the task string from the env (`task_description`);
+  * `gym_manipulator` (gym_hil or a real robot with teleop): LeRobot's `make_robot_env` + `make_processors`,
+    stepped with `step_env_and_process_transition`, which reports human interventions.
+Observations come out as LeRobot-keyed tensor dicts (no batch dim required) plus a `task` string.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lerobot.teleoperators.utils import TeleopEvents
+
+
+@dataclass
+class StepResult:
+    observation: dict[str, Any]
+    reward: float
+    terminated: bool
+    truncated: bool
+    success: bool
+    intervention: bool
+    executed_action: Tensor
+    info: dict = field(default_factory=dict)
+
+
+def _success(info: dict) -> bool:
+    return bool(info.get("is_success", info.get("succeed", info.get("success", False))))
+
+
+def _to_tensors(obs: dict) -> dict[str, Any]:
+    return {k: torch.as_tensor(np.asarray(v)) if not isinstance(v, (str, Tensor)) else v for k, v in obs.items()}
+
+
+class GymStream:
+    """One gymnasium env whose observations are already LeRobot-keyed (PickCube with `lerobot_keys=True`)."""
+
+    def __init__(self, env, task: str | None, seed: int):
+        self.env = env
+        self.task = task or getattr(env, "task_description", None) or ""
+        self.seed = seed
+        self._episode = 0
+        low, high = getattr(env.action_space, "low", None), getattr(env.action_space, "high", None)
+        self._low = None if low is None else torch.as_tensor(low, dtype=torch.float32)
+        self._high = None if high is None else torch.as_tensor(high, dtype=torch.float32)
+
+    def observe(self, raw: dict) -> dict[str, Any]:
+        return _to_tensors(raw)
+
+    def reset(self) -> dict[str, Any]:
+        raw, _ = self.env.reset(seed=self.seed + 100_003 * self._episode)
+        self._episode += 1
+        return self.observe(raw)
+
+    def clip(self, action: Tensor) -> Tensor:
+        if self._low is None:
+            return action
+        return torch.minimum(torch.maximum(action, self._low), self._high)
+
+    def step(self, action: Tensor) -> StepResult:
+        action = self.clip(action.float().cpu())
+        raw, reward, terminated, truncated, info = self.env.step(action.numpy())
+        return StepResult(self.observe(raw), float(reward), bool(terminated), bool(truncated), _success(info), False,
+                          action, info)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class LeRobotSimStream(GymStream):
+    """A sub-env of LeRobot's `make_env` vector env: raw sim observations -> LeRobot keys (+ env processors)."""
+
+    def __init__(self, env, task: str | None, seed: int, env_preprocessor, env_postprocessor):
+        super().__init__(env, task or _task_of(env), seed)
+        self.env_preprocessor = env_preprocessor
+        self.env_postprocessor = env_postprocessor
+
+    def observe(self, raw: dict) -> dict[str, Any]:
+        from lerobot.envs.utils import preprocess_observation
+
+        obs = preprocess_observation({k: np.asarray(v)[None] if not isinstance(v, dict) else v for k, v in raw.items()})
+        return self.env_preprocessor(obs) if self.env_preprocessor is not None else obs
+
+    def step(self, action: Tensor) -> StepResult:
+        if self.env_postprocessor is not None:
+            action = self.env_postprocessor({"action": action[None]})["action"][0]
+        return super().step(action)
+
+
+def _task_of(env) -> str:
+    for obj in (env, getattr(env, "unwrapped", None)):
+        for name in ("task_description", "task"):
+            value = getattr(obj, name, None)
+            if isinstance(value, str):
+                return value
+    return ""
+
+
+class ManipulatorStream:
+    """LeRobot's `gym_manipulator` env (gym_hil or a robot + teleop): interventions flag the chunk."""
+
+    def __init__(self, env_cfg, input_keys, device: str):
+        from lerobot.rl.gym_manipulator import make_processors, make_robot_env
+
+        self.env, teleop = make_robot_env(cfg=env_cfg)
+        self.env_processor, self.action_processor = make_processors(self.env, teleop, env_cfg, device)
+        self.input_keys = set(input_keys)
+        self.task = env_cfg.task or ""
+        self._transition = None
+
+    def _observation(self) -> dict[str, Any]:
+        from lerobot.processor import TransitionKey
+
+        obs = self._transition[TransitionKey.OBSERVATION]
+        return {k: v for k, v in obs.items() if k in self.input_keys}
+
+    def reset(self) -> dict[str, Any]:
+        from lerobot.rl.gym_manipulator import reset_and_build_transition
+
+        self._transition = reset_and_build_transition(self.env, self.env_processor, self.action_processor)
+        return self._observation()
+
+    def step(self, action: Tensor) -> StepResult:
+        from lerobot.processor import TransitionKey
+        from lerobot.rl.gym_manipulator import step_env_and_process_transition
+
+        self._transition = step_env_and_process_transition(
+            env=self.env,
+            transition=self._transition,
+            action=action[None] if action.dim() == 1 else action,
+            env_processor=self.env_processor,
+            action_processor=self.action_processor,
+        )
+        tr = self._transition
+        info = tr[TransitionKey.INFO]
+        executed = tr[TransitionKey.COMPLEMENTARY_DATA].get("teleop_action", action)
+        return StepResult(
+            self._observation(),
+            float(tr[TransitionKey.REWARD]),
+            bool(tr.get(TransitionKey.DONE, False)),
+            bool(tr.get(TransitionKey.TRUNCATED, False)),
+            _success(info),
+            bool(info.get(TeleopEvents.IS_INTERVENTION, False)),
+            torch.as_tensor(executed, dtype=torch.float32).reshape(-1).cpu(),
+            info,
+        )
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def make_env_streams(cfg, n_envs: int, seed: int) -> list:
+    """`n_envs` streams for `cfg.env` (see module docstring)."""
+    env_cfg = cfg.env
+    if env_cfg.type == "pi_rl_pickcube":
+        from ..envs.pickcube import make_pickcube_env
+
+        return [
+            GymStream(make_pickcube_env(env_cfg, seed=seed + i, lerobot_keys=True), env_cfg.task_description, seed + i)
+            for i in range(n_envs)
+        ]
+    if env_cfg.type == "gym_manipulator":
+        if n_envs != 1:
+            raise ValueError(f"n_envs={n_envs}: env.type=gym_manipulator drives one robot, use 1")
+        return [ManipulatorStream(env_cfg, cfg.policy.input_features, cfg.policy.device)]
+    from lerobot.envs import make_env
+    from lerobot.envs.factory import make_env_pre_post_processors
+
+    suites = make_env(env_cfg, n_envs=n_envs, use_async_envs=False)
+    vec = next(iter(next(iter(suites.values())).values()))
+    env_pre, env_post = make_env_pre_post_processors(env_cfg, cfg.policy)
+    return [LeRobotSimStream(sub, env_cfg.task, seed + i, env_pre, env_post) for i, sub in enumerate(vec.envs)]
