@@ -8,3 +8,6 @@ from .configuration_pi_rl import PiRLConfig
 
 __version__ = "0.1.0"
 __all__ = ["PiRLConfig", "__version__"]
+
+# Registers the `pi_rl_default_task` processor step, so saved VLA pre-processors reload by name.
+from .backbones import vla_processors  # noqa: E402,F401

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from typing import Any
 
 import draccus
 
@@ -173,6 +174,12 @@ class VLABackboneConfig(BackboneConfig):
     freeze_vlm: bool = True
     # Compute dtype of the backbone: `float32` or `bfloat16` (log-probs stay float32 either way).
     dtype: str = "float32"
+    # Task string injected by the pre-processor when an observation carries none (the VLA tokenizers need one).
+    default_task: str = "Complete the task."
+    # The upstream policy config (LeRobot's JSON encoding, with its `type`). Filled when the backbone is first
+    # loaded from `pretrained_path`, and saved inside the pi_rl config.json: when set, the backbone is built from
+    # it with the weights left to the pi_rl checkpoint, so a saved pi_rl policy reloads without the original one.
+    upstream_config: dict[str, Any] | None = None
 
     @property
     def is_vla(self) -> bool:
@@ -180,6 +187,12 @@ class VLABackboneConfig(BackboneConfig):
 
     def __post_init__(self) -> None:
         _check_choice("backbone.dtype", self.dtype, ("float32", "bfloat16"))
+        if self.upstream_config is not None:
+            upstream_type = self.upstream_config.get("type")
+            _require(
+                upstream_type == self.type,
+                f"backbone.upstream_config has type={upstream_type!r}, expected {self.type!r}",
+            )
 
 
 @BackboneConfig.register_subclass("smolvla")

@@ -1,0 +1,104 @@
+"""Cost of recording a stochastic chain vs. the backbone's own deterministic sampling, at equal K and batch.
+
+    HF_HUB_OFFLINE=1 python bench/bench_sampling.py [--repeats 20]
+
+Rows: `flow_mlp` (pi_rl `sample_chain` vs pi_rl `predict_action_chunk`) and a tiny SmolVLA built offline
+(pi_rl `sample_chain` vs upstream `SmolVLAPolicy.predict_action_chunk` on the same weights and batch, with the
+upstream step count set to K). `chain/det` is the ratio of best-of-N times; the target is <= 1.15.
+The sample column includes everything PPO records (chain, log-prob, value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from lerobot_policy_pi_rl.configuration_pi_rl import FlowSDEConfig, PiRLConfig, SmolVLABackboneConfig  # noqa: E402
+from lerobot_policy_pi_rl.modeling_pi_rl import PiRLPolicy  # noqa: E402
+from lerobot_policy_pi_rl.processor_pi_rl import make_pi_rl_pre_post_processors  # noqa: E402
+
+
+def paired_ms(fn_a, fn_b, repeats: int, warmup: int = 3) -> tuple[float, float]:
+    """Best-of-`repeats` wall time of two callables, measured alternately so both see the same machine load
+    (the minimum is the estimate least disturbed by other processes)."""
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    times_a, times_b = [], []
+    for _ in range(repeats):
+        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return 1e3 * min(times_a), 1e3 * min(times_b)
+
+
+def bench_flow_mlp(batch: int, k: int, repeats: int) -> tuple[float, float]:
+    from conftest import make_flow_mlp_config, make_obs_batch
+
+    policy = PiRLPolicy(make_flow_mlp_config("flow_sde", num_denoise_steps=k)).eval()
+    obs = make_obs_batch(batch)
+    return paired_ms(lambda: policy.sample_chain(obs), lambda: policy.predict_action_chunk(obs), repeats)
+
+
+def bench_smolvla(checkpoint: Path, batch: int, k: int, repeats: int) -> tuple[float, float]:
+    import tiny_vla as tv
+
+    inputs, outputs = tv.features()
+    config = PiRLConfig(
+        variant=FlowSDEConfig(),
+        backbone=SmolVLABackboneConfig(pretrained_path=str(checkpoint)),
+        num_denoise_steps=k,
+        chunk_size=tv.CHUNK_SIZE,
+        n_action_steps=5,
+        device="cpu",
+        input_features=inputs,
+        output_features=outputs,
+    )
+    policy = PiRLPolicy(config).eval()
+    upstream = policy.backbone.policy  # same weights
+    upstream.config.num_steps = k
+    preprocessor, _ = make_pi_rl_pre_post_processors(config, None)
+    obs = preprocessor(tv.raw_observation(batch))
+    return paired_ms(lambda: policy.sample_chain(obs), lambda: upstream.predict_action_chunk(dict(obs)), repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    import contextlib
+    import io
+
+    import tiny_vla as tv
+
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        checkpoint = tv.build_tiny_smolvla_checkpoint(Path(tmp))
+        rows = []
+        for batch, k in [(8, 4), (8, 10), (64, 4)]:
+            rows.append(("flow_mlp", batch, k, *bench_flow_mlp(batch, k, args.repeats)))
+        for batch, k in [(1, 4), (8, 4), (8, 10)]:
+            rows.append(("smolvla (tiny)", batch, k, *bench_smolvla(checkpoint, batch, k, args.repeats)))
+
+    print(f"torch threads: {torch.get_num_threads()}, best of {args.repeats} alternating runs")
+    header = f"{'backbone':<16}{'B':>4}{'K':>4}{'sample_chain ms':>17}{'deterministic ms':>18}{'chain/det':>11}"
+    print(header)
+    print("-" * len(header))
+    for name, batch, k, chain, det in rows:
+        print(f"{name:<16}{batch:>4}{k:>4}{chain:>17.2f}{det:>18.2f}{chain / det:>10.2f}x")
+
+
+if __name__ == "__main__":
+    main()

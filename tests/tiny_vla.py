@@ -1,0 +1,297 @@
+"""Tiny, offline VLA checkpoints for tests: LeRobot's real SmolVLA / π0 / π0.5 code at toy sizes.
+
+* SmolVLA: a local "VLM" directory (tiny `SmolVLMConfig`, word-level tokenizer with SmolVLM's special tokens,
+  `SmolVLMProcessor`) that `SmolVLAConfig.vlm_model_name` points to; about 0.3 M parameters, instant.
+* π0 / π0.5: upstream builds PaliGemma from a fixed variant table, so the builder patches the module-level
+  `get_gemma_config` (tiny depth/width) and shrinks the vision tower; the 257k vocabulary and the 2048-wide
+  projection stay, which is what makes them slow (seconds, GBs): tests using them are marked `slow`.
+
+Every builder writes a *plain LeRobot checkpoint directory* (config.json, model.safetensors, policy processors)
+exactly as `lerobot-train` would, so the pi_rl backbones load it through their normal path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature
+from lerobot.utils.constants import ACTION, OBS_STATE
+
+IMAGE_KEY = "observation.images.top"
+STATE_DIM = 6
+ACTION_DIM = 4
+CHUNK_SIZE = 10
+IMAGE_SHAPE = (3, 32, 32)
+#: Vocabulary of the tiny π0/π0.5 language models (upstream: 257152); token ids must stay below it.
+TINY_VOCAB = 1024
+TASK_WORDS = "pick up the cube complete task put it in box move to red green blue a an".split()
+
+
+def features() -> tuple[dict[str, PolicyFeature], dict[str, PolicyFeature]]:
+    inputs = {
+        IMAGE_KEY: PolicyFeature(type=FeatureType.VISUAL, shape=IMAGE_SHAPE),
+        OBS_STATE: PolicyFeature(type=FeatureType.STATE, shape=(STATE_DIM,)),
+    }
+    outputs = {ACTION: PolicyFeature(type=FeatureType.ACTION, shape=(ACTION_DIM,))}
+    return inputs, outputs
+
+
+def dataset_stats() -> dict[str, dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        OBS_STATE: {
+            "mean": torch.randn(STATE_DIM, generator=g),
+            "std": torch.rand(STATE_DIM, generator=g) + 0.5,
+            "min": -torch.ones(STATE_DIM) * 3,
+            "max": torch.ones(STATE_DIM) * 3,
+        },
+        ACTION: {
+            "mean": torch.randn(ACTION_DIM, generator=g),
+            "std": torch.rand(ACTION_DIM, generator=g) + 0.5,
+            "min": -torch.ones(ACTION_DIM) * 2,
+            "max": torch.ones(ACTION_DIM) * 2,
+        },
+        IMAGE_KEY: {
+            "mean": torch.full((3, 1, 1), 0.5),
+            "std": torch.full((3, 1, 1), 0.25),
+            "min": torch.zeros(3, 1, 1),
+            "max": torch.ones(3, 1, 1),
+        },
+    }
+
+
+def raw_observation(batch: int, seed: int = 0, with_task: bool = True) -> dict:
+    """An environment-side observation batch (images in [0, 1]), as the pre-processor receives it."""
+    g = torch.Generator().manual_seed(seed)
+    obs = {
+        IMAGE_KEY: torch.rand(batch, *IMAGE_SHAPE, generator=g),
+        OBS_STATE: torch.randn(batch, STATE_DIM, generator=g),
+    }
+    if with_task:
+        obs["task"] = ["pick up the red cube"] * batch
+    return obs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SmolVLA
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def write_tiny_smolvlm(directory: Path, *, image_size: int = 64) -> Path:
+    """A local SmolVLM "model id": config, word-level tokenizer with SmolVLM's special tokens, processor."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        PreTrainedTokenizerFast,
+        SmolVLMConfig,
+        SmolVLMImageProcessor,
+        SmolVLMProcessor,
+        SmolVLMVideoProcessor,
+    )
+
+    directory.mkdir(parents=True, exist_ok=True)
+    special = ["<pad>", "<unk>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>",
+               "<global-img>"]
+    vocab = {token: i for i, token in enumerate(special + TASK_WORDS)}
+    word_level = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=word_level,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<|im_start|>",
+        eos_token="<end_of_utterance>",
+        extra_special_tokens={
+            "fake_image_token": "<fake_token_around_image>",
+            "image_token": "<image>",
+            "global_image_token": "<global-img>",
+            "end_of_utterance_token": "<end_of_utterance>",
+        },
+    )
+    processor = SmolVLMProcessor(
+        image_processor=SmolVLMImageProcessor(),
+        tokenizer=tokenizer,
+        video_processor=SmolVLMVideoProcessor(),
+        image_seq_len=(image_size // 16 // 4) ** 2,
+    )
+    processor.save_pretrained(directory)
+    SmolVLMConfig(
+        text_config=dict(
+            model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, vocab_size=len(vocab), pad_token_id=0,
+        ),
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, patch_size=16,
+            image_size=image_size,
+        ),
+        scale_factor=4,
+        image_token_id=vocab["<image>"],
+        pad_token_id=0,
+    ).save_pretrained(directory)
+    return directory
+
+
+def tiny_smolvla_config(vlm_dir: Path, *, image_size: int = 64, num_steps: int = 10):
+    from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
+
+    inputs, outputs = features()
+    return SmolVLAConfig(
+        input_features=inputs,
+        output_features=outputs,
+        device="cpu",
+        chunk_size=CHUNK_SIZE,
+        n_action_steps=5,
+        vlm_model_name=str(vlm_dir),
+        load_vlm_weights=False,
+        num_vlm_layers=2,
+        resize_imgs_with_padding=(image_size, image_size),
+        tokenizer_max_length=16,
+        num_steps=num_steps,
+        push_to_hub=False,
+    )
+
+
+def save_plain_checkpoint(policy, directory: Path, stats) -> Path:
+    """Write `policy` and its upstream processors as LeRobot's `lerobot-train` does."""
+    from lerobot.policies.factory import make_pre_post_processors
+
+    policy.save_pretrained(directory)
+    preprocessor, postprocessor = make_pre_post_processors(policy.config, dataset_stats=stats)
+    preprocessor.save_pretrained(directory)
+    postprocessor.save_pretrained(directory)
+    return directory
+
+
+def build_tiny_smolvla_checkpoint(root: Path, *, seed: int = 0, num_steps: int = 10) -> Path:
+    """`root/vlm` (tiny SmolVLM) and `root/smolvla` (plain smolvla checkpoint); returns the latter."""
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+    vlm_dir = write_tiny_smolvlm(root / "vlm")
+    torch.manual_seed(seed)
+    with contextlib.redirect_stdout(None):
+        policy = SmolVLAPolicy(tiny_smolvla_config(vlm_dir, num_steps=num_steps))
+    _perturb(policy, seed)
+    return save_plain_checkpoint(policy, root / "smolvla", dataset_stats())
+
+
+def _perturb(policy: torch.nn.Module, seed: int) -> None:
+    """Give zero-initialized projections (e.g. action_out_proj biases) non-trivial values."""
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in policy.parameters():
+            if p.dim() == 1 and bool((p == 0).all()):
+                p.copy_(0.02 * torch.randn(p.shape, generator=g).to(p.dtype))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# π0 / π0.5
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tiny_paligemma(module_name: str):
+    """Patch `get_gemma_config` of `lerobot.policies.<module_name>.modeling_<module_name>` to toy sizes.
+
+    The VLM width stays 2048 (the vision projection dim is fixed upstream), 8 heads; depth 1, MLP 64, vision
+    tower 1 layer, vocabulary `TINY_VOCAB` instead of 257152. The action expert is 1 layer of width 64.
+    """
+    import importlib
+
+    modeling = importlib.import_module(f"lerobot.policies.{module_name}.modeling_{module_name}")
+    gemma_config = modeling.GemmaConfig
+
+    def get_gemma_config(variant: str):
+        if variant == "gemma_2b":
+            return gemma_config(width=2048, depth=1, mlp_dim=64, num_heads=8, num_kv_heads=1, head_dim=16)
+        return gemma_config(width=64, depth=1, mlp_dim=64, num_heads=8, num_kv_heads=1, head_dim=16)
+
+    original_mapping = modeling.CONFIG_MAPPING
+
+    class _Mapping:
+        def __getitem__(self, name):
+            factory = original_mapping[name]
+            if name == "gemma":
+                return lambda *args, **kwargs: factory(*args, **{**kwargs, "vocab_size": TINY_VOCAB})
+            if name != "paligemma":
+                return factory
+
+            def make(*args, **kwargs):
+                cfg = factory(*args, **kwargs)
+                cfg.vision_config.num_hidden_layers = 1
+                cfg.vision_config.hidden_size = 32
+                cfg.vision_config.num_attention_heads = 2
+                cfg.vision_config.patch_size = 16
+                return cfg
+
+            return make
+
+    real_paligemma = modeling.PaliGemmaForConditionalGenerationWithPiGemma
+
+    def make_paligemma(config):
+        # Upstream assigns the 257k vocabulary just before this call: shrink it here.
+        config.text_config.vocab_size = TINY_VOCAB
+        return real_paligemma(config=config)
+
+    with (
+        mock.patch.object(modeling, "get_gemma_config", get_gemma_config),
+        mock.patch.object(modeling, "CONFIG_MAPPING", _Mapping()),
+        mock.patch.object(modeling, "PaliGemmaForConditionalGenerationWithPiGemma", make_paligemma),
+    ):
+        yield
+
+
+def tiny_pi_config(policy_type: str, *, num_steps: int = 10):
+    inputs, outputs = features()
+    kwargs = dict(
+        input_features=inputs,
+        output_features=outputs,
+        device="cpu",
+        chunk_size=CHUNK_SIZE,
+        n_action_steps=5,
+        image_resolution=(32, 32),
+        tokenizer_max_length=12,
+        num_inference_steps=num_steps,
+        dtype="float32",
+        push_to_hub=False,
+    )
+    if policy_type == "pi0":
+        from lerobot.policies.pi0.configuration_pi0 import PI0Config
+
+        return PI0Config(**kwargs)
+    from lerobot.policies.pi05.configuration_pi05 import PI05Config
+
+    return PI05Config(**kwargs)
+
+
+def build_tiny_pi_checkpoint(root: Path, policy_type: str, *, seed: int = 0) -> Path:
+    """A plain `pi0`/`pi05` checkpoint directory (config + weights; processors need the gated PaliGemma
+    tokenizer, so none are written: tests feed token ids directly)."""
+    import importlib
+
+    modeling = importlib.import_module(f"lerobot.policies.{policy_type}.modeling_{policy_type}")
+    policy_cls = modeling.PI0Policy if policy_type == "pi0" else modeling.PI05Policy
+    torch.manual_seed(seed)
+    with tiny_paligemma(policy_type), contextlib.redirect_stdout(None):
+        policy = policy_cls(tiny_pi_config(policy_type))
+    _perturb(policy, seed)
+    directory = root / policy_type
+    policy.save_pretrained(directory)
+    return directory
+
+
+def tokenized_observation(batch: int, *, seed: int = 0, max_length: int = 12, vocab: int = 1000) -> dict:
+    """A pre-processed π0/π0.5 batch (normalized state, images in [0, 1], token ids with a real pad mask)."""
+    from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
+
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, max_length, (batch,), generator=g)
+    mask = torch.arange(max_length)[None, :] < lengths[:, None]
+    return {
+        IMAGE_KEY: torch.rand(batch, *IMAGE_SHAPE, generator=g),
+        OBS_STATE: torch.randn(batch, STATE_DIM, generator=g),
+        OBS_LANGUAGE_TOKENS: torch.randint(1, vocab, (batch, max_length), generator=g) * mask,
+        OBS_LANGUAGE_ATTENTION_MASK: mask,
+    }
