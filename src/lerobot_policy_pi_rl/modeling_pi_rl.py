@@ -26,7 +26,7 @@ from .configuration_pi_rl import FlowNoiseConfig, FlowSDEConfig, PiRLConfig
 from .flow import (
     chain_log_prob,
     chain_step_log_probs,
-    flow_sde_step,
+    flow_sde_coefficients,
     gaussian_entropy,
     reduce_log_prob,
     sample_chain,
@@ -162,23 +162,29 @@ class PiRLPolicy(PreTrainedPolicy):
         return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
 
     def _step_fn(self, context, noise_level: Tensor):
-        """The Gaussian transition x_t -> x_{t-dt} of this policy's variant (see `flow.chain`)."""
+        """The Gaussian transition x_t -> x_{t-dt} of this policy's variant (see `flow.chain`).
+
+        Chains are float32; the per-sample (t, a) coefficients of Flow-SDE are tiny `[B, 1, 1]` tensors.
+        """
         dt = 1.0 / self.num_steps
         variant = self.config.variant
+        level = noise_level.view(-1, 1, 1)
 
         def step(x: Tensor, t: Tensor, stochastic: Tensor) -> tuple[Tensor, Tensor]:
             v, hidden = self.backbone.velocity(context, x, t)
-            x = x.float()
             ode_mean = x - dt * v
+            if not bool(stochastic.any()):  # an ODE step for every sample: no noise, std exactly 0
+                return ode_mean, torch.zeros_like(ode_mean)
             if isinstance(variant, FlowSDEConfig):
-                mean_s, std_s = flow_sde_step(x, v, t.view(-1, 1, 1), dt=dt, noise_level=noise_level.view(-1, 1, 1))
+                x_coef, v_coef, std = flow_sde_coefficients(t.view(-1, 1, 1), dt=dt, noise_level=level)
+                mean_s, std_s = x_coef * x + v_coef * v, std.expand_as(ode_mean)
             else:
                 assert self.noise_head is not None
                 mean_s, std_s = ode_mean, self.noise_head(hidden)
+            if bool(stochastic.all()):
+                return mean_s, std_s
             on = stochastic.view(-1, 1, 1)
-            mean = torch.where(on, mean_s, ode_mean)
-            std = torch.where(on, std_s, torch.zeros_like(std_s))
-            return mean, std
+            return torch.where(on, mean_s, ode_mean), torch.where(on, std_s, torch.zeros_like(std_s))
 
         return step
 

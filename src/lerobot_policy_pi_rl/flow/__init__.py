@@ -14,7 +14,7 @@ from .chain import (
     score_transition,
 )
 from .flow_noise import flow_noise_step, noise_std_from_raw
-from .flow_sde import flow_sde_sigma, flow_sde_step
+from .flow_sde import flow_sde_coefficients, flow_sde_sigma, flow_sde_step
 from .gaussian import gaussian_entropy, gaussian_log_prob, standard_normal_log_prob
 from .time_grid import time_grid
 
@@ -24,6 +24,7 @@ __all__ = [
     "chain_step_log_probs",
     "score_transition",
     "flow_noise_step",
+    "flow_sde_coefficients",
     "flow_sde_sigma",
     "flow_sde_step",
     "gaussian_entropy",

@@ -51,17 +51,21 @@ def sample_chain(
     if stochastic.shape != (batch, num_steps):
         raise ValueError(f"stochastic has shape {tuple(stochastic.shape)}, expected {(batch, num_steps)}")
     x = noise.float()
-    xs, log_probs, stds = [x], [], []
+    # All transition noise in one draw; ODE-only steps neither use it nor pay for the Gaussian arithmetic.
+    eps = torch.randn((batch, num_steps, *x.shape[1:]), generator=generator, device=x.device, dtype=torch.float32)
+    xs, means, stds = [x], [], []
     for k in range(num_steps):
         t = times[k].expand(batch)
         mean, std = step_fn(x, t, stochastic[:, k])
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=torch.float32)
-        x_next = mean + std * eps
-        log_probs.append(gaussian_log_prob(x_next, mean, std))
+        x = mean + std * eps[:, k] if bool(stochastic[:, k].any()) else mean
+        xs.append(x)
+        means.append(mean)
         stds.append(std)
-        xs.append(x_next)
-        x = x_next
-    return torch.stack(xs, dim=1), torch.stack(log_probs, dim=1), torch.stack(stds, dim=1)
+    chain = torch.stack(xs, dim=1)
+    step_stds = torch.stack(stds, dim=1)
+    # Scored exactly as `score_transition` scores a recorded chain, so the learner reproduces it bit for bit.
+    log_probs = gaussian_log_prob(chain[:, 1:], torch.stack(means, dim=1), step_stds)
+    return chain, log_probs, step_stds
 
 
 def score_transition(

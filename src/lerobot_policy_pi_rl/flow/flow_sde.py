@@ -2,7 +2,8 @@
 
 sigma_k = a * sqrt(t_k / (1 - t_k)), with the second grid time t_1 substituted in the denominator at t = 1,
 so that the first transition's std sqrt(dt) * sigma_0 is exactly `a`.
-mean_k = x_t - dt * [v + sigma_k^2 / (2 t) * (x_t + (1 - t) v)],  std_k = sqrt(dt) * sigma_k.
+mean_k = x_t - dt * [v + sigma_k^2 / (2 t) * (x_t + (1 - t) v)],  std_k = sqrt(dt) * sigma_k
+(computed as x_coef * x_t + v_coef * v, see `flow_sde_coefficients`).
 With a = 0 this is exactly the Euler step x_t - dt * v.
 """
 
@@ -23,6 +24,29 @@ def flow_sde_sigma(t: Tensor, *, noise_level: float | Tensor, dt: float) -> Tens
     return noise_level * torch.sqrt(t / denom)
 
 
+def flow_sde_coefficients(
+    t: Tensor, *, dt: float, noise_level: float | Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The SDE transition as `mean = x_coef * x_t + v_coef * v`, `std`, for times `t` (any shape), float32.
+
+    With c = sigma_t^2 / (2 t):  x_t - dt * [v + c * (x_t + (1 - t) v)] = (1 - dt c) x_t - dt (1 + c (1 - t)) v.
+    The coefficients depend only on (t, a), so a sampler can compute them once per step for the whole batch;
+    `flow_sde_step` uses the same function, so sampling and scoring round identically. `std` is
+    sqrt(dt) * sigma_t = a * sqrt(dt * t / (1 - t)), with the root exactly 1 at t = 1 (first std exactly a).
+    """
+    t = t.float()
+    sigma = flow_sde_sigma(t, noise_level=noise_level, dt=dt)
+    c = sigma.square() / (2.0 * t)
+    x_coef = 1.0 - dt * c
+    v_coef = -dt * (1.0 + c * (1.0 - t))
+    first = t >= 1.0
+    ratio = torch.where(first, torch.ones_like(t), dt * t / torch.where(first, torch.ones_like(t), 1.0 - t))
+    std = noise_level * torch.sqrt(ratio)
+    if isinstance(noise_level, Tensor):
+        std = torch.where(std == 0, torch.zeros_like(std), std)
+    return x_coef, v_coef, std
+
+
 def flow_sde_step(
     x_t: Tensor, v: Tensor, t: Tensor, *, dt: float, noise_level: float | Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -37,18 +61,9 @@ def flow_sde_step(
     Returns:
         `(mean, std)`, both the shape of `x_t`.
     """
-    x_t, v, t = x_t.float(), v.float(), t.float()
+    x_t, v = x_t.float(), v.float()
     if not isinstance(noise_level, Tensor) and noise_level == 0:
         return x_t - dt * v, torch.zeros_like(x_t)
-    sigma = flow_sde_sigma(t, noise_level=noise_level, dt=dt)
-    drift = v + sigma.square() / (2.0 * t) * (x_t + (1.0 - t) * v)
-    mean = x_t - dt * drift
-    # std = sqrt(dt) * sigma = a * sqrt(dt * t / (1 - t)); at t = 1 (where 1 - t_1 = dt) the root is exactly 1,
-    # so the first step's std is exactly `a`, not sqrt(dt) * (a / sqrt(dt)) with its float rounding.
-    first = t >= 1.0
-    ratio = torch.where(first, torch.ones_like(t), dt * t / torch.where(first, torch.ones_like(t), 1.0 - t))
-    std = (noise_level * torch.sqrt(ratio)).expand_as(mean)
-    if isinstance(noise_level, Tensor):
-        # Where a = 0 the step is the exact Euler step (sigma = 0 makes the drift term vanish already).
-        std = torch.where(std == 0, torch.zeros_like(std), std)
-    return mean, std
+    x_coef, v_coef, std = flow_sde_coefficients(t, dt=dt, noise_level=noise_level)
+    mean = x_coef * x_t + v_coef * v
+    return mean, std.expand_as(mean)
