@@ -11,3 +11,5 @@ __all__ = ["PiRLConfig", "__version__"]
 
 # Registers the `pi_rl_default_task` processor step, so saved VLA pre-processors reload by name.
 from .backbones import vla_processors  # noqa: E402,F401
+# Registers --env.type=pi_rl_pickcube (cheap: gym_hil and MuJoCo load only when an env is built).
+from . import envs  # noqa: E402,F401

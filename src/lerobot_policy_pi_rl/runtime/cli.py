@@ -17,6 +17,8 @@ def register_plugin() -> None:
     import lerobot_policy_pi_rl  # noqa: F401  (policy type pi_rl)
     import lerobot_policy_pi_rl.rl.algorithm  # noqa: F401  (algorithm type pi_rl)
 
+    # Robot and teleoperator types (so101_follower, ...) register when LeRobot's gym_manipulator is imported.
+    importlib.import_module("lerobot.rl.gym_manipulator")
     try:
         importlib.import_module("lerobot_policy_pi_rl.envs.pickcube")  # env type pi_rl_pickcube
     except ModuleNotFoundError as err:

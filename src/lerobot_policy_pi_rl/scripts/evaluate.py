@@ -1,0 +1,235 @@
+"""Evaluate a `pi_rl` checkpoint on the state-only PickCube env with fixed per-episode seeds.
+
+    python -m lerobot_policy_pi_rl.scripts.evaluate \\
+        --policy_path outputs/train/checkpoints/last/pretrained_model --num_episodes 100 --seed 1000 \\
+        --output eval.json
+
+Episode i runs on env seed `seed + i`. The policy acts through its saved processors with deterministic ODE
+sampling (`select_action`, `stochastic_inference` forced off); `policy.reset()` runs at every episode start.
+Episodes run in waves of `--num_envs` envs stepped side by side (one batched policy call per step); the
+initial flow noise is seeded per wave from the wave's first episode seed, so results are reproducible for a
+given (`--seed`, `--num_envs`).
+
+Success definition (the only one used): an episode is a success if the env's task success flag
+(`info["is_success"]`, gym_hil's `succeed`: the cube lifted 0.1 m) is true at any step of the episode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..envs.pickcube import PickCubeStateEnvConfig, make_pickcube_env
+
+SUCCESS_DEFINITION = (
+    "an episode is a success if the env's task success flag (info['is_success'], gym_hil 'succeed': cube lifted "
+    "0.1 m above its start) is true at any step of the episode"
+)
+WILSON_Z95 = 1.959963984540054
+
+
+def wilson_interval(successes: int, n: int, z: float = WILSON_Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95 % for the default z)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1.0 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, center - half), min(1.0, center + half))
+
+
+def load_policy(policy_path: str | Path, device: str | None = None):
+    """A policy and its saved pre/post-processors from a `pretrained_model` directory.
+
+    Any registered policy type (`config.json`'s `type`): pi_rl, or e.g. LeRobot's `gaussian_actor` (SAC).
+    """
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+
+    from .. import modeling_pi_rl  # noqa: F401  (registers pi_rl)
+
+    policy_path = str(policy_path)
+    policy_cls = get_policy_class(PreTrainedConfig.from_pretrained(policy_path).type)
+    policy = policy_cls.from_pretrained(policy_path)
+    if device is not None:
+        policy.config.device = device
+    policy.to(policy.config.device)
+    policy.eval()
+    preprocessor, postprocessor = make_pre_post_processors(
+        policy.config,
+        pretrained_path=policy_path,
+        preprocessor_overrides={"device_processor": {"device": str(policy.config.device)}},
+    )
+    return policy, preprocessor, postprocessor
+
+
+def _batch_observations(observations: list[dict[str, np.ndarray]], task: str) -> dict[str, Any]:
+    batch: dict[str, Any] = {
+        key: torch.from_numpy(np.stack([obs[key] for obs in observations])).float() for key in observations[0]
+    }
+    batch["task"] = [task] * len(observations)
+    return batch
+
+
+def evaluate_policy(
+    policy,
+    preprocessor,
+    postprocessor,
+    *,
+    env_cfg: PickCubeStateEnvConfig | None = None,
+    num_episodes: int,
+    seed: int,
+    num_envs: int = 4,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Roll out `num_episodes` episodes (seeds `seed + i`) and return per-episode results and aggregates."""
+    if num_episodes < 1:
+        raise ValueError(f"num_episodes={num_episodes} must be >= 1")
+    if num_envs < 1:
+        raise ValueError(f"num_envs={num_envs} must be >= 1")
+    env_cfg = env_cfg or PickCubeStateEnvConfig()
+    num_envs = min(num_envs, num_episodes)
+    envs = [make_pickcube_env(env_cfg) for _ in range(num_envs)]
+    # pi_rl: deterministic ODE sampling. Other policies act through their own `select_action` (gaussian_actor
+    # samples its tanh-Gaussian; the per-wave torch seed makes that reproducible too).
+    stochastic = getattr(policy.config, "stochastic_inference", None)
+    if stochastic is not None:
+        policy.config.stochastic_inference = False
+    episodes: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    try:
+        for wave_start in range(0, num_episodes, num_envs):
+            seeds = list(range(seed + wave_start, seed + min(wave_start + num_envs, num_episodes)))
+            episodes += _run_wave(policy, preprocessor, postprocessor, envs[: len(seeds)], seeds, env_cfg)
+            if verbose:
+                n_success = sum(e["success"] for e in episodes)
+                print(
+                    f"[{len(episodes):4d}/{num_episodes}] success {n_success}/{len(episodes)} "
+                    f"({100.0 * n_success / len(episodes):.1f}%), {time.perf_counter() - start:.1f}s",
+                    flush=True,
+                )
+    finally:
+        if stochastic is not None:
+            policy.config.stochastic_inference = stochastic
+        for env in envs:
+            env.close()
+    wall = time.perf_counter() - start
+    n_success = sum(e["success"] for e in episodes)
+    env_steps = sum(e["length"] for e in episodes)
+    low, high = wilson_interval(n_success, len(episodes))
+    return {
+        "success_rate": n_success / len(episodes),
+        "success_ci95": [low, high],
+        "ci_method": "wilson",
+        "num_successes": n_success,
+        "num_episodes": len(episodes),
+        "mean_return": float(np.mean([e["return"] for e in episodes])),
+        "mean_length": float(np.mean([e["length"] for e in episodes])),
+        "success_definition": SUCCESS_DEFINITION,
+        "seeds": [e["seed"] for e in episodes],
+        "episodes": episodes,
+        "env_steps": env_steps,
+        "wall_time_s": round(wall, 3),
+        "env_steps_per_s": round(env_steps / wall, 1) if wall > 0 else None,
+        "num_envs": num_envs,
+        "deterministic_ode": stochastic is not None,
+        "env": {k: v for k, v in asdict(env_cfg).items() if k not in ("features", "features_map")},
+    }
+
+
+@torch.no_grad()
+def _run_wave(policy, preprocessor, postprocessor, envs, seeds, env_cfg) -> list[dict[str, Any]]:
+    """Episodes `seeds` side by side, one per env; finished envs keep feeding their last observation."""
+    torch.manual_seed(seeds[0])
+    policy.reset()
+    observations = []
+    for env, s in zip(envs, seeds, strict=True):
+        obs, _ = env.reset(seed=s)
+        observations.append(obs)
+    n = len(envs)
+    done = [False] * n
+    success = [False] * n
+    returns = [0.0] * n
+    lengths = [0] * n
+    while not all(done):
+        batch = preprocessor(_batch_observations(observations, env_cfg.task_description))
+        action = postprocessor(policy.select_action(batch))
+        action = action.detach().to("cpu").float().numpy()  # [n, A]
+        for i, env in enumerate(envs):
+            if done[i]:
+                continue
+            obs, reward, terminated, truncated, info = env.step(action[i])
+            observations[i] = obs
+            returns[i] += float(reward)
+            lengths[i] += 1
+            success[i] = success[i] or bool(info.get("is_success", False))
+            done[i] = bool(terminated or truncated)
+    return [
+        {"seed": s, "success": success[i], "return": returns[i], "length": lengths[i]} for i, s in enumerate(seeds)
+    ]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Evaluate a pi_rl checkpoint on the state-only PickCube env (deterministic ODE sampling). "
+        f"Success definition: {SUCCESS_DEFINITION}.",
+    )
+    parser.add_argument("--policy_path", required=True, help="a `pretrained_model` directory (pi_rl, or e.g. gaussian_actor from SAC)")
+    parser.add_argument("--num_episodes", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=1000, help="episode i uses env seed seed+i")
+    parser.add_argument("--output", default=None, help="JSON file to write the results to")
+    parser.add_argument("--num_envs", type=int, default=4, help="envs stepped side by side (one policy batch)")
+    parser.add_argument("--episode_length", type=int, default=100, help="env step limit per episode")
+    parser.add_argument(
+        "--fixed_cube", action="store_true", help="gym_hil's fixed cube at (0.5, 0) instead of a seeded random one"
+    )
+    parser.add_argument("--device", default=None, help="override the checkpoint's device (e.g. cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    return parser.parse_args(argv)
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse `argv`, run, and return the JSON-able result."""
+    args = parse_args(argv)
+    env_cfg = PickCubeStateEnvConfig(episode_length=args.episode_length, randomize_cube=not args.fixed_cube)
+    policy, preprocessor, postprocessor = load_policy(args.policy_path, device=args.device)
+    result = evaluate_policy(
+        policy,
+        preprocessor,
+        postprocessor,
+        env_cfg=env_cfg,
+        num_episodes=args.num_episodes,
+        seed=args.seed,
+        num_envs=args.num_envs,
+        verbose=not args.quiet,
+    )
+    result = {
+        "policy_path": str(args.policy_path),
+        "policy_path_resolved": str(Path(args.policy_path).resolve()),
+        "policy_type": policy.config.type,
+        **result,
+    }
+    summary = {k: result[k] for k in ("success_rate", "success_ci95", "mean_return", "mean_length", "num_episodes")}
+    print(json.dumps(summary))
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.output}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Scripted demos into a LeRobotDataset, and the evaluation script on a freshly built pi_rl checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "osmesa")
+os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+
+import numpy as np
+import pytest
+
+from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_STATE
+
+from conftest import make_dataset_stats, make_flow_mlp_config
+from lerobot_policy_pi_rl.scripts import evaluate, record_demos
+
+
+def test_record_demos_writes_a_loadable_dataset(tmp_path: Path):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = tmp_path / "demos"
+    report = record_demos.run(
+        ["--output_dir", str(root), "--num_episodes", "3", "--seed", "0", "--episode_length", "30"]
+    )
+    assert report["num_episodes"] == 3 and len(report["episodes"]) == 3
+    assert [e["seed"] for e in report["episodes"]] == [0, 1, 2]
+    assert json.loads((root / "recording_report.json").read_text())["num_frames"] == report["num_frames"]
+
+    dataset = LeRobotDataset("local/pickcube", root=root)
+    assert dataset.num_episodes == 3
+    assert dataset.num_frames == report["num_frames"] == sum(e["steps"] for e in report["episodes"])
+    frame = dataset[0]
+    assert frame[OBS_STATE].shape == (18,) and frame[OBS_ENV_STATE].shape == (3,) and frame[ACTION].shape == (4,)
+    assert frame["task"] == report["task"]
+    # The last frame of each successful episode carries the success flag and the sparse reward.
+    successes = [e["success"] for e in report["episodes"]]
+    assert int(np.sum(np.asarray(dataset.hf_dataset["next.success"]))) == sum(successes)
+    assert float(np.sum(np.asarray(dataset.hf_dataset["next.reward"]))) == pytest.approx(sum(successes))
+
+
+def test_record_demos_refuses_an_existing_directory(tmp_path: Path):
+    with pytest.raises(FileExistsError):
+        record_demos.run(["--output_dir", str(tmp_path), "--num_episodes", "1"])
+
+
+def _save_random_checkpoint(path: Path) -> Path:
+    from lerobot_policy_pi_rl.modeling_pi_rl import PiRLPolicy
+    from lerobot_policy_pi_rl.processor_pi_rl import make_pi_rl_pre_post_processors
+
+    config = make_flow_mlp_config()
+    policy = PiRLPolicy(config)
+    preprocessor, postprocessor = make_pi_rl_pre_post_processors(config, dataset_stats=make_dataset_stats())
+    policy.save_pretrained(path)
+    preprocessor.save_pretrained(path)
+    postprocessor.save_pretrained(path)
+    return path
+
+
+def test_evaluate_writes_the_documented_json(tmp_path: Path):
+    checkpoint = _save_random_checkpoint(tmp_path / "pretrained_model")
+    output = tmp_path / "eval.json"
+    evaluate.run(
+        [
+            "--policy_path", str(checkpoint),
+            "--num_episodes", "3",
+            "--seed", "5",
+            "--num_envs", "2",
+            "--episode_length", "8",
+            "--output", str(output),
+            "--quiet",
+        ]
+    )  # fmt: skip
+    result = json.loads(output.read_text())
+    for key in (
+        "success_rate", "success_ci95", "mean_return", "mean_length", "episodes", "seeds", "policy_path",
+        "wall_time_s", "env_steps", "success_definition", "num_episodes",
+    ):  # fmt: skip
+        assert key in result, key
+    assert result["seeds"] == [5, 6, 7] and result["num_episodes"] == 3
+    lengths = [e["length"] for e in result["episodes"]]
+    assert all(1 <= n <= 8 for n in lengths) and result["env_steps"] == sum(lengths)
+    assert result["mean_length"] == pytest.approx(np.mean(lengths))
+    k = sum(e["success"] for e in result["episodes"])
+    assert result["success_rate"] == pytest.approx(k / 3)
+    assert result["success_ci95"] == pytest.approx(list(evaluate.wilson_interval(k, 3)))
+    assert "any step" in result["success_definition"]
+
+
+def test_wilson_interval_matches_hand_computation():
+    # 7/10 at 95 %: p = 0.7, z^2 = 3.8415, centre = (0.7 + 0.19207) / 1.38415 = 0.64449,
+    # half-width = 1.96 * sqrt(0.021 + 0.0096037) / 1.38415 = 0.24772.
+    low, high = evaluate.wilson_interval(7, 10)
+    assert low == pytest.approx(0.39677, abs=1e-4) and high == pytest.approx(0.89221, abs=1e-4)
+    assert evaluate.wilson_interval(0, 20)[0] == 0.0
+    assert evaluate.wilson_interval(20, 20)[1] == pytest.approx(1.0)
+    # 0/3: upper bound z^2 / (n + z^2) = 3.8415 / 6.8415.
+    assert evaluate.wilson_interval(0, 3)[1] == pytest.approx(0.56149, abs=1e-4)
