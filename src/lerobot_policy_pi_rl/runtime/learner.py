@@ -362,6 +362,13 @@ class PiRLLearner:
         time.sleep(0.2)
         self.shutdown_event.set()
         stop_server(self.transport.server, grace_s=2.0)
+        # Weights no actor will read any more must not keep the process alive: a multiprocessing queue's feeder
+        # thread otherwise blocks interpreter exit on its full pipe.
+        for queue in (self.transport.parameters_queue, self.transport.transition_queue,
+                      self.transport.interaction_queue):
+            cancel = getattr(queue, "cancel_join_thread", None)
+            if cancel is not None:
+                cancel()
 
 
 def build_learner(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event=None) -> PiRLLearner:
@@ -443,8 +450,13 @@ def run_learner(cfg: PiRLTrainRLServerPipelineConfig) -> int:
 
 
 def run_stock_sac_learner(cfg) -> int:
-    """`--algorithm.type=sac`: LeRobot's own learner, given this package's bug-fixed config."""
+    """`--algorithm.type=sac`: LeRobot's own learner, given this package's bug-fixed config. It never ends on
+    its own: stop it with SIGTERM/SIGINT (`lerobot-pi-rl-train` does once its actors are done)."""
     from lerobot.rl.learner import train
+    from lerobot.utils.process import ensure_multiprocessing_start_method
+
+    if cfg.policy.concurrency.learner != "threads":  # what LeRobot's `train_cli` does before `train`
+        ensure_multiprocessing_start_method(cfg.policy.concurrency.multiprocessing_context)
 
     train(cfg, job_name=cfg.job_name)
     return 0

@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         actors = [_child("actor", [*argv, f"--actor_index={i}"]) for i in range(cfg.num_actors)]
         children += actors
         logger.info("learner pid %d, actor pids %s", learner.pid, [a.pid for a in actors])
+        if cfg.algorithm.type == "sac":
+            return _supervise_sac(learner, actors, stop)
         return _supervise(learner, actors, stop)
     finally:
         _stop_all(children)
@@ -99,6 +101,29 @@ def _supervise(learner: subprocess.Popen, actors: list[subprocess.Popen], stop: 
     while any(a.poll() is None for a in actors) and time.monotonic() < deadline:
         time.sleep(0.2)
     _stop_all(actors, grace_s=5.0)
+    codes = [learner.returncode] + [a.returncode for a in actors]
+    logger.info("exit codes: learner %d, actors %s", codes[0], codes[1:])
+    return next((c for c in codes if c != 0), 0)
+
+
+def _supervise_sac(learner: subprocess.Popen, actors: list[subprocess.Popen], stop: dict) -> int:
+    """LeRobot's SAC learner never ends on its own: the run ends when every actor has spent its
+    `policy.online_steps` budget; then the learner gets SIGTERM (its own graceful shutdown). Its newest
+    checkpoint is the one it last wrote (every `save_freq` optimization steps)."""
+    while any(a.poll() is None for a in actors):
+        if stop["signal"] is not None:
+            logger.info("signal %d: stopping learner and actors", stop["signal"])
+            _stop_all([learner, *actors])
+            return 128 + stop["signal"]
+        failed = [a for a in actors if a.poll() not in (None, 0)]
+        if learner.poll() is not None or failed:
+            logger.error("learner exit code %s, actor exit codes %s: stopping", learner.poll(),
+                         [a.poll() for a in actors])
+            _stop_all([learner, *actors])
+            return (failed[0].returncode if failed else learner.returncode) or 1
+        time.sleep(0.2)
+    logger.info("actors done: stopping the SAC learner")
+    _stop_all([learner], grace_s=60.0)
     codes = [learner.returncode] + [a.returncode for a in actors]
     logger.info("exit codes: learner %d, actors %s", codes[0], codes[1:])
     return next((c for c in codes if c != 0), 0)
