@@ -252,6 +252,7 @@ class PiRLConfig(PreTrainedConfig):
     variant: VariantConfig = field(default_factory=FlowSDEConfig)
     # Flow backbone: `flow_mlp` (this package), `smolvla`, `pi0`, `pi05` (LeRobot's own policies).
     backbone: BackboneConfig = field(default_factory=FlowMLPBackboneConfig)
+    # Critic V(o) on chain-independent features (see the value-head table).
     value_head: ValueHeadConfig = field(default_factory=ValueHeadConfig)
 
     # Number of denoise steps K of the flow ODE/SDE (t_k = 1 - k/K).
@@ -266,22 +267,27 @@ class PiRLConfig(PreTrainedConfig):
     # select_action/predict_action_chunk sample the deterministic ODE (deployment) unless this is true.
     stochastic_inference: bool = False
 
+    # flow_mlp normalization per feature type (VLA backbones use their own processors). Actions in [-1, 1]
+    # match the unit-Gaussian noise scale of the flow.
     normalization_mapping: dict[str, NormalizationMode] = field(
         default_factory=lambda: {
             "VISUAL": NormalizationMode.IDENTITY,
             "STATE": NormalizationMode.MEAN_STD,
             "ENV": NormalizationMode.MEAN_STD,
-            # Actions in [-1, 1] match the unit-Gaussian noise scale of the flow.
             "ACTION": NormalizationMode.MIN_MAX,
         }
     )
 
-    # Supervised (flow-matching SFT) optimizer, used by `lerobot-train`. RL learning rates live on the algorithm.
+    # Learning rate of the supervised (flow-matching SFT) AdamW used by `lerobot-train`; RL learning rates live
+    # on the algorithm.
     optimizer_lr: float = 3e-4
+    # Weight decay of the SFT optimizer.
     optimizer_weight_decay: float = 1e-4
+    # Gradient-norm clip of the SFT optimizer.
     optimizer_grad_clip_norm: float = 1.0
 
-    # --- RL runtime fields read from `cfg.policy` by LeRobot's RL stack (see LeRobot's gaussian_actor) ---
+    # (RL runtime fields below are read from `cfg.policy` by LeRobot's RL stack, as for its gaussian_actor.)
+
     # Device the policy lives on during RL (the learner's and actors' compute device).
     storage_device: str = "cpu"
     # Total environment interaction steps the RL run may take.
@@ -298,7 +304,9 @@ class PiRLConfig(PreTrainedConfig):
     dataset_stats: dict[str, dict[str, list[float]]] | None = None
     # Discrete gripper head size (not used by PI-RL; LeRobot's RL code reads this field).
     num_discrete_actions: int | None = None
+    # Learner address the actors connect to (`learner_host`, `learner_port`) and LeRobot's transport settings.
     actor_learner_config: ActorLearnerConfig = field(default_factory=ActorLearnerConfig)
+    # LeRobot's thread/process settings for the actor and learner workers.
     concurrency: ConcurrencyConfig = field(default_factory=ConcurrencyConfig)
 
     # Never push to the hub unless asked (LeRobot's default `true` demands a repo_id).

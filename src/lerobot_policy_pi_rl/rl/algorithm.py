@@ -74,8 +74,9 @@ class PiRLAlgorithmConfig(RLAlgorithmConfig):
     critic_lr: float = 1e-3
     # Learning rate of the Flow-Noise head; null uses actor_lr (the reference trains it with the actor).
     noise_head_lr: float | None = None
-    # AdamW betas and weight decay (reference betas 0.9, 0.95).
+    # AdamW betas (reference 0.9, 0.95).
     adam_betas: tuple[float, float] = (0.9, 0.95)
+    # AdamW weight decay of every RL optimizer.
     weight_decay: float = 0.0
     # Passes over each rollout (reference 1-5).
     update_epochs: int = 4
