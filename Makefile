@@ -33,8 +33,10 @@ venv: system-deps $(STAMP)
 test: venv
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
+# VARIANT=flow_noise make demo (or make demo VARIANT=flow_noise); DEMO_ARGS passes any other demo flag.
+VARIANT ?= flow_sde
 demo: venv
-	$(PY) -m lerobot_policy_pi_rl.demo $(DEMO_ARGS)
+	$(PY) -m lerobot_policy_pi_rl.demo --variant $(VARIANT) $(DEMO_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
