@@ -24,7 +24,7 @@ from lerobot.configs import PreTrainedConfig
 from lerobot.rl.algorithms.base import RLAlgorithm
 from lerobot.rl.algorithms.configs import RLAlgorithmConfig, TrainingStats
 
-from ..configuration_pi_rl import FlowNoiseConfig, FlowSDEConfig, PiRLConfig
+from ..configuration_pi_rl import FlowNoiseConfig, FlowSDEConfig, PiRLConfig, _require
 from .gae import stream_gae
 from .grpo import grpo_advantages, normalize_advantages
 from .ppo_loss import explained_variance, ppo_policy_loss, value_loss
@@ -37,11 +37,6 @@ ADVANTAGE_ESTIMATORS = ("gae", "grpo")
 
 class RatioMismatchError(RuntimeError):
     """The learner scores recorded chains differently from how the actor sampled them."""
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
 
 
 @RLAlgorithmConfig.register_subclass("pi_rl")
