@@ -235,6 +235,20 @@ def test_grpo_uses_group_relative_success_and_drops_uniform_groups():
     assert stats.extra["numerics/steps_taken"] > 0
 
 
+def test_critic_warmup_trains_only_the_value_head_and_keeps_the_version():
+    policy, algo = build(critic_warmup_updates=1)
+    actor_before = {k: v.clone() for k, v in policy.state_dict().items() if not k.startswith("value_head.")}
+    critic_before = policy.value_head.mlp[0].weight.clone()
+    stats = algo.update_rollout(rollout_for(policy, algo))
+    assert stats.extra["ppo/critic_warmup"] == 1.0 and algo.policy_version == 0
+    for k, v in actor_before.items():
+        assert torch.equal(policy.state_dict()[k], v), k
+    assert not torch.equal(policy.value_head.mlp[0].weight, critic_before)
+    stats = algo.update_rollout(rollout_for(policy, algo, seed=2))  # warm-up over: the actor trains
+    assert stats.extra["ppo/critic_warmup"] == 0.0 and algo.policy_version == 1
+    assert not torch.equal(policy.backbone.action_out_proj.weight, actor_before["backbone.action_out_proj.weight"])
+
+
 def test_flow_sde_noise_level_anneals_per_update():
     policy, algo = build(FlowSDEConfig(noise_level=0.5, noise_level_final=0.1, noise_anneal_updates=2))
     assert float(policy.sde_noise_level) == pytest.approx(0.5)

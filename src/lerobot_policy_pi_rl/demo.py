@@ -44,7 +44,7 @@ class DemoSettings:
     eval_episodes: int = 100
     eval_seed: int = 100_000
     # PI-RL.
-    rl_updates: int = 30
+    rl_updates: int = 70
     rollout_chunks: int = 256
     n_envs: int = 4
     # Two actor processes keep both cores busy while the learner waits for a rollout.

@@ -73,6 +73,9 @@ class PiRLAlgorithmConfig(RLAlgorithmConfig):
     adam_betas: tuple[float, float] = (0.9, 0.95)
     # AdamW weight decay of every RL optimizer.
     weight_decay: float = 0.0
+    # First updates during which only the value head trains (the actor waits for a critic that is not random;
+    # advantages from a random critic first push the policy the wrong way). The policy version does not move.
+    critic_warmup_updates: int = 0
     # Passes over each rollout (reference 1-5).
     update_epochs: int = 4
     # Rows (chunk steps) per minibatch.
@@ -118,6 +121,10 @@ class PiRLAlgorithmConfig(RLAlgorithmConfig):
             _require(getattr(self, name) > 0, f"algorithm.{name}={getattr(self, name)} must be > 0")
         if self.noise_head_lr is not None:
             _require(self.noise_head_lr > 0, f"algorithm.noise_head_lr={self.noise_head_lr} must be > 0")
+        _require(
+            self.critic_warmup_updates >= 0,
+            f"algorithm.critic_warmup_updates={self.critic_warmup_updates} must be >= 0",
+        )
         _require(self.update_epochs >= 1, f"algorithm.update_epochs={self.update_epochs} must be >= 1")
         _require(self.minibatch_size >= 1, f"algorithm.minibatch_size={self.minibatch_size} must be >= 1")
         _require(self.max_grad_norm > 0, f"algorithm.max_grad_norm={self.max_grad_norm} must be > 0")
@@ -282,7 +289,7 @@ class PiRLAlgorithm(RLAlgorithm):
                 "rollout/reward_mean": float(rollout.reward.float().mean()),
             }
         )
-        if stats.extra.get("numerics/steps_taken", 0.0) > 0:
+        if stats.extra.get("numerics/steps_taken", 0.0) > 0 and not stats.extra.get("ppo/critic_warmup", 0.0):
             self._policy_version += 1
         self._num_updates += 1
         self._apply_noise_schedule()
@@ -409,6 +416,8 @@ class PiRLAlgorithm(RLAlgorithm):
         n = len(rollout)
         use_entropy = isinstance(self.policy.config.variant, FlowNoiseConfig) and cfg.entropy_coef > 0
         use_critic = cfg.advantage_estimator == "gae" and cfg.value_coef > 0
+        warmup = use_critic and self._num_updates < cfg.critic_warmup_updates
+        stepped = {"critic"} if warmup else set(self.optimizers)
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
 
@@ -436,7 +445,7 @@ class PiRLAlgorithm(RLAlgorithm):
                     dual_clip=cfg.dual_clip,
                     mask=mask,
                 )
-                loss = pg_loss if bool(mask.any()) else ev.log_prob.sum() * 0.0
+                loss = pg_loss if bool(mask.any()) and not warmup else ev.log_prob.sum() * 0.0
                 v_loss = torch.zeros((), device=loss.device)
                 if use_critic:
                     v_loss = value_loss(
@@ -449,7 +458,7 @@ class PiRLAlgorithm(RLAlgorithm):
                     )
                     loss = loss + cfg.value_coef * v_loss
                 entropy = ev.entropy.mean()
-                if use_entropy:
+                if use_entropy and not warmup:
                     loss = loss - cfg.entropy_coef * entropy
 
                 if not _finite(loss, ev.log_prob, ev.value):
@@ -465,8 +474,9 @@ class PiRLAlgorithm(RLAlgorithm):
                     self._zero_grad()
                     logger.error("non-finite gradient norm %s: optimizer step skipped", grad_norms)
                     continue
-                for opt in self.optimizers.values():
-                    opt.step()
+                for role, opt in self.optimizers.items():
+                    if role in stepped:
+                        opt.step()
                 steps_taken += 1
                 self._optimization_step += 1
 
@@ -494,6 +504,7 @@ class PiRLAlgorithm(RLAlgorithm):
             {
                 "ppo/ratio_max": max_ratio,
                 "ppo/early_stopped": stopped_early,
+                "ppo/critic_warmup": float(warmup),
                 "numerics/steps_taken": float(steps_taken),
                 "numerics/steps_skipped": float(steps_skipped),
             }
