@@ -1,0 +1,48 @@
+"""The demo's report: numbers, intervals, the learning-curve PNG and the commands it was produced with."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lerobot_policy_pi_rl import demo
+
+
+def _eval(rate: float, n: int = 100) -> dict:
+    from lerobot_policy_pi_rl.scripts.evaluate import wilson_interval
+
+    return {"success_rate": rate, "success_ci95": list(wilson_interval(round(rate * n), n)), "mean_return": rate,
+            "mean_length": 50.0, "num_episodes": n}
+
+
+def test_report_quotes_evaluations_curves_timings_and_commands(tmp_path):
+    settings = demo.DemoSettings(run_dir=tmp_path)
+    settings.commands = ["lerobot-train --policy.type=pi_rl", "lerobot-pi-rl-train --num_updates=2"]
+    settings.timings = {"SFT (lerobot-train)": 90.0, "PI-RL": 700.0}
+    curve = [
+        {"update": 1, "wall_time_s": 10.0, "rollout/interaction_steps": 1000, "rollout/success_rate": 0.4},
+        {"update": 2, "wall_time_s": 20.0, "rollout/interaction_steps": 2500, "rollout/success_rate": 0.7},
+        {"update": 3, "wall_time_s": 30.0, "rollout/interaction_steps": 4000},  # no finished episode yet: skipped
+    ]
+    report = demo.write_report(settings, {"sft": _eval(0.44), "pi_rl": _eval(0.82)}, {"pi_rl": curve}, 975.0)
+    text = report.read_text()
+    assert "| sft | 44.0 % [34.7, 53.8]" in text
+    assert "| pi_rl | 82.0 % [73.3, 88.3]" in text and "| 4000 |" in text
+    assert "lerobot-pi-rl-train --num_updates=2" in text and "total: 975 s" in text
+    png = (tmp_path / "learning_curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    summary = json.loads((tmp_path / "report.json").read_text())
+    assert summary["evals"]["pi_rl"]["success_rate"] == 0.82 and summary["pi_rl_env_steps"] == 4000
+
+
+def test_existing_run_dir_is_never_overwritten_without_asking(tmp_path):
+    (tmp_path / "keep.txt").write_text("earlier results")
+    with pytest.raises(SystemExit, match="already exists"):
+        demo.parse_args(["--run_dir", str(tmp_path)])
+    assert (tmp_path / "keep.txt").read_text() == "earlier results"
+
+
+def test_variant_choice_is_validated():
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--variant", "flow_sdee"])
