@@ -112,7 +112,32 @@ def actor_rate(n_envs: int, steps: int) -> tuple[float, dict[str, float]]:
     return actor.env_steps / elapsed, {k: v / elapsed for k, v in stages.items()}
 
 
-def weight_publication(repeats: int = 5) -> dict[str, float]:
+def tiny_smolvla_policies(tmp: Path):
+    """Two pi_rl policies on a tiny random-weight SmolVLA built offline (learner side, actor side)."""
+    import contextlib
+    import io
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import tiny_vla as tv
+
+    from lerobot_policy_pi_rl.configuration_pi_rl import FlowSDEConfig, PiRLConfig, SmolVLABackboneConfig
+    from lerobot_policy_pi_rl.modeling_pi_rl import PiRLPolicy
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        checkpoint = tv.build_tiny_smolvla_checkpoint(tmp)
+    inputs, outputs = tv.features()
+
+    def make():
+        return PiRLPolicy(PiRLConfig(
+            variant=FlowSDEConfig(), backbone=SmolVLABackboneConfig(pretrained_path=str(checkpoint)),
+            num_denoise_steps=4, chunk_size=tv.CHUNK_SIZE, n_action_steps=5, device="cpu",
+            input_features=inputs, output_features=outputs,
+        ))
+
+    return make(), make()
+
+
+def weight_publication(repeats: int = 5, policies=None) -> dict[str, float]:
     from lerobot.policies import make_policy
     from lerobot.rl.actor import receive_policy
     from lerobot.transport.utils import bytes_to_state_dict, state_to_bytes
@@ -123,8 +148,10 @@ def weight_publication(repeats: int = 5) -> dict[str, float]:
 
     cfg = make_cfg(1, free_port())
     cfg.policy.concurrency.actor = "threads"
-    learner_algo = PiRLAlgorithm(make_policy(cfg=cfg.policy, env_cfg=cfg.env), cfg.algorithm)
-    actor_algo = PiRLAlgorithm(make_policy(cfg=cfg.policy, env_cfg=cfg.env), cfg.algorithm)
+    if policies is None:
+        policies = make_policy(cfg=cfg.policy, env_cfg=cfg.env), make_policy(cfg=cfg.policy, env_cfg=cfg.env)
+    learner_algo = PiRLAlgorithm(policies[0], cfg.algorithm)
+    actor_algo = PiRLAlgorithm(policies[1], cfg.algorithm)
     stop = threading.Event()
     transport = build_transport(cfg, stop)
     received: Queue = Queue()
@@ -168,6 +195,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=600, help="env steps per measurement")
     ap.add_argument("--envs", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--skip_smolvla", action="store_true", help="only flow_mlp in the weight-publication table")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []
@@ -181,13 +209,20 @@ def main() -> int:
     for n, raw, act, st in rows:
         split = f"{st['env']:.0%} / {st['sample_chain']:.0%} / {st['preprocess'] + st['postprocess'] + st['next_obs']:.0%} / {st['send']:.0%}"
         print(f"| {n} | {raw:.1f} | {act:.1f} | {act / raw:.2f} | {split} |")
-    w = weight_publication()
+    import tempfile
+
+    results = [("flow_mlp", weight_publication())]
+    if not args.skip_smolvla:
+        with tempfile.TemporaryDirectory() as tmp:
+            results.append(("tiny SmolVLA (VLM frozen)", weight_publication(policies=tiny_smolvla_policies(Path(tmp)))))
     print()
-    print(f"weight publication, flow_mlp default trainable set ({int(w['params'])} parameters, "
-          f"{w['bytes'] / 1e6:.2f} MB), median of 5:")
-    print("| serialize (get_weights + torch.save) ms | gRPC loopback send+receive ms | apply (torch.load + load_weights) ms |")
-    print("|---:|---:|---:|")
-    print(f"| {w['serialize']:.2f} | {w['transport']:.2f} | {w['apply']:.2f} |")
+    print("weight publication of the trainable set, median of 5:")
+    print("| policy | parameters | MB | serialize (get_weights + torch.save) ms | gRPC loopback send+receive ms "
+          "| apply (torch.load + load_weights) ms |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, w in results:
+        print(f"| {name} | {int(w['params'])} | {w['bytes'] / 1e6:.2f} | {w['serialize']:.2f} | "
+              f"{w['transport']:.2f} | {w['apply']:.2f} |")
     return 0
 
 
