@@ -82,8 +82,10 @@ class GymStream:
 class LeRobotSimStream(GymStream):
     """A sub-env of LeRobot's `make_env` vector env: raw sim observations -> LeRobot keys (+ env processors)."""
 
-    def __init__(self, env, task: str | None, seed: int, env_preprocessor, env_postprocessor):
-        super().__init__(env, task or _task_of(env), seed)
+    def __init__(self, env, seed: int, env_preprocessor, env_postprocessor, fallback_task: str | None = None):
+        # The language task comes from the env (LeRobot sims expose `task_description`); `EnvConfig.task` is a
+        # suite or gym id (`libero_10`, `PandaPickCube-v0`) and only a last resort.
+        super().__init__(env, _task_of(env) or fallback_task, seed)
         self.env_preprocessor = env_preprocessor
         self.env_postprocessor = env_postprocessor
 
@@ -175,10 +177,18 @@ def make_env_streams(cfg, n_envs: int, seed: int) -> list:
         if n_envs != 1:
             raise ValueError(f"n_envs={n_envs}: env.type=gym_manipulator drives one robot, use 1")
         return [ManipulatorStream(env_cfg, cfg.policy.input_features, cfg.policy.device)]
+    return make_lerobot_sim_streams(cfg, n_envs, seed)
+
+
+def make_lerobot_sim_streams(cfg, n_envs: int, seed: int) -> list:
+    """Streams over the sub-envs of LeRobot's `make_env` vector env (libero, metaworld, ... any `EnvConfig`)."""
     from lerobot.envs import make_env
     from lerobot.envs.factory import make_env_pre_post_processors
 
+    env_cfg = cfg.env
     suites = make_env(env_cfg, n_envs=n_envs, use_async_envs=False)
     vec = next(iter(next(iter(suites.values())).values()))
     env_pre, env_post = make_env_pre_post_processors(env_cfg, cfg.policy)
-    return [LeRobotSimStream(sub, env_cfg.task, seed + i, env_pre, env_post) for i, sub in enumerate(vec.envs)]
+    return [
+        LeRobotSimStream(sub, seed + i, env_pre, env_post, fallback_task=env_cfg.task) for i, sub in enumerate(vec.envs)
+    ]
