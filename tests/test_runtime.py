@@ -159,7 +159,8 @@ def run_module(module: str, args: list[str], timeout: float) -> subprocess.Compl
     ("override", "field"),
     [({"n_envs": 0}, "n_envs"), ({"algorithm.clip_low": 2.0}, "clip_low"),
      ({"policy.n_action_steps": 9}, "n_action_steps"), ({"actor_index": 3}, "actor_index"),
-     ({"policy.variant.type": "flow_sdee"}, "flow_sdee"), ({"num_updatez": 3}, "num_updatez")],
+     ({"policy.variant.type": "flow_sdee"}, "flow_sdee"), ({"num_updatez": 3}, "num_updatez"),
+     ({"torch_threads": -1}, "torch_threads")],
 )
 def test_bad_config_is_rejected_with_the_field_named(tmp_path, override, field, capsys):
     from lerobot_policy_pi_rl.runtime.cli import load_config
@@ -168,6 +169,23 @@ def test_bad_config_is_rejected_with_the_field_named(tmp_path, override, field, 
         load_config(tiny_args(free_port(), tmp_path / "run", **override))
     assert exc.value.code not in (0, None)
     assert field in capsys.readouterr().err
+
+
+def test_torch_threads_auto_shares_the_cores_between_learner_and_actors(tmp_path, monkeypatch):
+    import torch
+
+    from lerobot_policy_pi_rl.runtime.cli import load_config
+    from lerobot_policy_pi_rl.runtime.config import apply_torch_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    try:
+        assert apply_torch_threads(load_config(tiny_args(free_port(), tmp_path / "a", num_actors=3))) == 4
+        assert torch.get_num_threads() == 4
+        assert apply_torch_threads(load_config(tiny_args(free_port(), tmp_path / "b", num_actors=20))) == 1
+        assert apply_torch_threads(load_config(tiny_args(free_port(), tmp_path / "c", torch_threads=3))) == 3
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_train_rejects_bad_config_before_any_process_starts(tmp_path):

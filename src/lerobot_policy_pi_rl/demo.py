@@ -24,6 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 VARIANTS = ("flow_sde", "flow_noise")
+# Actor learning rate per variant. The chunk-level log-prob sums C x A elements: Flow-SDE scores one step with
+# stds 0.14-0.43, and 1e-5 keeps approx_kl around 0.03-0.06 per update (1e-4 gave ~5 and collapsed the policy).
+# Flow-Noise scores all K steps plus the prior with stds near 0.1, so the same weight change moves its log-prob
+# several times more: at 1e-5 approx_kl was 0.3-0.5 with half the ratios clipped; 3e-6 scales it back.
+ACTOR_LR = {"flow_sde": 1e-5, "flow_noise": 3e-6}
 
 
 @dataclass
@@ -43,15 +48,17 @@ class DemoSettings:
     # Evaluation protocol (shared by SFT, RL and SAC).
     eval_episodes: int = 100
     eval_seed: int = 100_000
-    # PI-RL.
-    rl_updates: int = 70
+    # Evaluation processes (same episodes and seeds as one process; see `scripts/evaluate.py --workers`).
+    eval_workers: int = 2
+    # PI-RL. Success after RL still rose between 60, 100 and 120 updates (71 %, 81 %, 87 % in one run), so the
+    # demo spends what the 20-minute budget leaves on updates (~7 s each with both cores free).
+    rl_updates: int = 130
     rollout_chunks: int = 256
     n_envs: int = 4
     # Two actor processes keep both cores busy while the learner waits for a rollout.
     num_actors: int = 2
-    # The chunk-level log-prob sums C x A elements with small late-step stds: 1e-4 gave approx_kl ~5 per update
-    # and collapsed the policy; 1e-5 keeps approx_kl around 0.05.
-    actor_lr: float = 1e-5
+    # None: the variant's default (`ACTOR_LR`).
+    actor_lr: float | None = None
     critic_lr: float = 1e-3
     update_epochs: int = 4
     minibatch_size: int = 64
@@ -150,6 +157,7 @@ def evaluate(settings: DemoSettings, name: str, policy_path: Path) -> dict:
             "--policy_path", str(policy_path),
             "--num_episodes", str(settings.eval_episodes),
             "--seed", str(settings.eval_seed),
+            "--workers", str(settings.eval_workers),
             "--output", str(out),
         ],
     )
@@ -178,7 +186,7 @@ def pi_rl(settings: DemoSettings, sft_model: Path) -> Path:
             "--env.type=pi_rl_pickcube",
             "--algorithm.type=pi_rl",
             f"--algorithm.rollout_chunks={settings.rollout_chunks}",
-            f"--algorithm.actor_lr={settings.actor_lr}",
+            f"--algorithm.actor_lr={settings.actor_lr or ACTOR_LR[settings.variant]}",
             f"--algorithm.critic_lr={settings.critic_lr}",
             f"--algorithm.update_epochs={settings.update_epochs}",
             f"--algorithm.critic_warmup_updates={settings.critic_warmup_updates}",
@@ -296,11 +304,13 @@ def parse_args(argv: list[str] | None = None) -> DemoSettings:
     p.add_argument("--run_dir", type=Path, default=None, help="default: outputs/demo_<variant>_<timestamp>")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
     p.add_argument("--with_sac", action="store_true", help="also run LeRobot's SAC baseline")
-    for name in ("seed", "demo_episodes", "sft_steps", "eval_episodes", "rl_updates", "rollout_chunks", "n_envs",
-                 "num_actors", "critic_warmup_updates", "noise_anneal_updates"):
+    for name in ("seed", "demo_episodes", "sft_steps", "eval_episodes", "eval_workers", "rl_updates",
+                 "rollout_chunks", "n_envs", "num_actors", "critic_warmup_updates", "noise_anneal_updates"):
         p.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
-    for name in ("demo_action_noise", "actor_lr", "critic_lr", "noise_level", "noise_level_final"):
+    for name in ("demo_action_noise", "critic_lr", "noise_level", "noise_level_final"):
         p.add_argument(f"--{name}", type=float, default=getattr(defaults, name))
+    p.add_argument("--actor_lr", type=float, default=None,
+                   help=f"default per variant: {', '.join(f'{k} {v:g}' for k, v in ACTOR_LR.items())}")
     args = p.parse_args(argv)
     settings = DemoSettings(**{k: v for k, v in vars(args).items() if k not in ("run_dir", "overwrite")})
     # A fresh directory per run by default, so a second `make demo` never overwrites the first one's report.

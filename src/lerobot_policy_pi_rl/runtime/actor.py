@@ -32,7 +32,7 @@ from lerobot.transport.utils import bytes_to_state_dict, python_object_to_bytes
 from lerobot.utils.process import ProcessSignalHandler
 from lerobot.utils.random_utils import set_seed
 
-from .config import PiRLTrainRLServerPipelineConfig
+from .config import PiRLTrainRLServerPipelineConfig, apply_torch_threads
 from .env_streams import StepResult, make_env_streams
 from .transitions import STREAM_STRIDE, chunk_to_transition
 from .transport import LEARNER_SESSION_KEY, TRAINING_DONE_KEY, new_client, wait_for_learner
@@ -328,6 +328,7 @@ def run_actor(cfg: PiRLTrainRLServerPipelineConfig) -> int:
     from .learner import setup_logging
 
     setup_logging(cfg, f"actor{cfg.actor_index}")
+    logger.info("[ACTOR] torch threads: %d", apply_torch_threads(cfg))
     actor = build_actor(cfg)
     t0 = time.perf_counter()
     try:

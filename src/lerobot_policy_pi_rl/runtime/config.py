@@ -55,6 +55,10 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
     reconnect_timeout_s: float = 120.0
     # Actor: stop after this many chunk steps per env (0 = run until the learner says training is done).
     actor_max_chunks: int = 0
+    # Torch intra-op CPU threads of each process (learner, every actor). 0 = auto: the machine's cores shared
+    # by the learner and the `num_actors` actors (cores // (num_actors + 1), at least 1), so the processes of a
+    # one-machine run do not oversubscribe the CPU (busy-waiting OpenMP threads slow every env step).
+    torch_threads: int = 0
 
     def validate(self) -> None:
         policy_path = parser.get_path_arg("policy")
@@ -79,7 +83,7 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
             self.algorithm.policy_config = self.policy
         for name in ("num_updates", "n_envs", "num_actors", "console_log_every_updates"):
             _require(getattr(self, name) >= 1, f"{name}={getattr(self, name)} must be >= 1")
-        for name in ("checkpoint_every_updates", "actor_max_chunks", "actor_index"):
+        for name in ("checkpoint_every_updates", "actor_max_chunks", "actor_index", "torch_threads"):
             _require(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
         _require(
             self.actor_index < self.num_actors,
@@ -128,6 +132,17 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
     def _save_pretrained(self, save_directory: Path) -> None:
         with open(Path(save_directory) / TRAIN_CONFIG_NAME, "w") as f:
             json.dump(self.to_dict(), f, indent=4)
+
+
+def apply_torch_threads(cfg: PiRLTrainRLServerPipelineConfig) -> int:
+    """Set this process's torch intra-op threads from `cfg.torch_threads` (0 = auto, see the field); returns it."""
+    import os
+
+    import torch
+
+    threads = cfg.torch_threads or max(1, (os.cpu_count() or 1) // (cfg.num_actors + 1))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def _root_message(err: BaseException) -> str:

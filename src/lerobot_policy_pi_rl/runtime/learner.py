@@ -46,7 +46,7 @@ from lerobot.utils.process import ProcessSignalHandler
 from lerobot.utils.random_utils import load_rng_state, set_seed
 from lerobot.utils.transition import Transition
 
-from .config import PiRLTrainRLServerPipelineConfig
+from .config import PiRLTrainRLServerPipelineConfig, apply_torch_threads
 from .transitions import (
     LEARNER_SESSION,
     NUM_EXECUTED,
@@ -440,6 +440,7 @@ def setup_logging(cfg, role: str) -> None:
 
 def run_learner(cfg: PiRLTrainRLServerPipelineConfig) -> int:
     setup_logging(cfg, "learner")
+    logger.info("[LEARNER] torch threads: %d", apply_torch_threads(cfg))
     learner = build_learner(cfg)
     try:
         code = learner.run()

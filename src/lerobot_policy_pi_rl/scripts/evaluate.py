@@ -8,7 +8,8 @@ Episode i runs on env seed `seed + i`. The policy acts through its saved process
 sampling (`select_action`, `stochastic_inference` forced off); `policy.reset()` runs at every episode start.
 Episodes run in waves of `--num_envs` envs stepped side by side (one batched policy call per step); the
 initial flow noise is seeded per wave from the wave's first episode seed, so results are reproducible for a
-given (`--seed`, `--num_envs`).
+given (`--seed`, `--num_envs`). `--workers N` splits the waves over N processes (one policy copy and one torch
+thread each): the same episodes and the same per-wave seeds, so the same results as one process, sooner.
 
 Success definition (the only one used): an episode is a success if the env's task success flag
 (`info["is_success"]`, gym_hil's `succeed`: the cube lifted 0.1 m) is true at any step of the episode.
@@ -27,7 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..envs.pickcube import PickCubeStateEnvConfig, make_pickcube_env
+from lerobot.utils.constants import OBS_ENV_STATE, OBS_STATE
+
+from ..envs.pickcube import TCP_POS, PickCubeStateEnvConfig, make_pickcube_env
 
 SUCCESS_DEFINITION = (
     "an episode is a success if the env's task success flag (info['is_success'], gym_hil 'succeed': cube lifted "
@@ -90,6 +93,7 @@ def evaluate_policy(
     seed: int,
     num_envs: int = 4,
     verbose: bool = True,
+    progress_prefix: str = "",
 ) -> dict[str, Any]:
     """Roll out `num_episodes` episodes (seeds `seed + i`) and return per-episode results and aggregates."""
     if num_episodes < 1:
@@ -113,7 +117,7 @@ def evaluate_policy(
             if verbose:
                 n_success = sum(e["success"] for e in episodes)
                 print(
-                    f"[{len(episodes):4d}/{num_episodes}] success {n_success}/{len(episodes)} "
+                    f"{progress_prefix}[{len(episodes):4d}/{num_episodes}] success {n_success}/{len(episodes)} "
                     f"({100.0 * n_success / len(episodes):.1f}%), {time.perf_counter() - start:.1f}s",
                     flush=True,
                 )
@@ -122,7 +126,17 @@ def evaluate_policy(
             policy.config.stochastic_inference = stochastic
         for env in envs:
             env.close()
-    wall = time.perf_counter() - start
+    return summarize(
+        episodes, wall=time.perf_counter() - start, num_envs=num_envs, deterministic_ode=stochastic is not None,
+        env_cfg=env_cfg,
+    )
+
+
+def summarize(
+    episodes: list[dict[str, Any]], *, wall: float, num_envs: int, deterministic_ode: bool,
+    env_cfg: PickCubeStateEnvConfig,
+) -> dict[str, Any]:
+    """Aggregates (success rate with its Wilson interval, means, env steps) of per-episode results."""
     n_success = sum(e["success"] for e in episodes)
     env_steps = sum(e["length"] for e in episodes)
     low, high = wilson_interval(n_success, len(episodes))
@@ -141,7 +155,7 @@ def evaluate_policy(
         "wall_time_s": round(wall, 3),
         "env_steps_per_s": round(env_steps / wall, 1) if wall > 0 else None,
         "num_envs": num_envs,
-        "deterministic_ode": stochastic is not None,
+        "deterministic_ode": deterministic_ode,
         "env": {k: v for k, v in asdict(env_cfg).items() if k not in ("features", "features_map")},
     }
 
@@ -174,8 +188,17 @@ def _run_wave(policy, preprocessor, postprocessor, envs, seeds, env_cfg) -> list
             success[i] = success[i] or bool(info.get("is_success", False))
             done[i] = bool(terminated or truncated)
     return [
-        {"seed": s, "success": success[i], "return": returns[i], "length": lengths[i]} for i, s in enumerate(seeds)
+        {"seed": s, "success": success[i], "return": returns[i], "length": lengths[i],
+         "final_gripper_cube_distance_m": _gripper_cube_distance(observations[i])}
+        for i, s in enumerate(seeds)
     ]
+
+
+def _gripper_cube_distance(observation: dict[str, np.ndarray]) -> float:
+    """Distance (m) between the TCP and the cube at the episode's end: how far a failed episode got."""
+    tcp = np.asarray(observation[OBS_STATE])[TCP_POS]
+    cube = np.asarray(observation[OBS_ENV_STATE])
+    return round(float(np.linalg.norm(tcp - cube)), 4)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -192,30 +215,88 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--fixed_cube", action="store_true", help="gym_hil's fixed cube at (0.5, 0) instead of a seeded random one"
     )
+    parser.add_argument(
+        "--workers", type=int, default=1,
+        help="processes the waves are split over (same episodes and seeds, same results; one torch thread each)",
+    )
     parser.add_argument("--device", default=None, help="override the checkpoint's device (e.g. cpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("num_episodes", "num_envs", "workers", "episode_length"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name}={getattr(args, name)} must be >= 1")
+    return args
+
+
+def split_waves(num_episodes: int, num_envs: int, workers: int) -> list[tuple[int, int]]:
+    """Contiguous `(first_episode, num_episodes)` ranges, one per worker, cut at wave boundaries (multiples of
+    `num_envs`), so every worker runs exactly the waves (and per-wave seeds) a single process would."""
+    num_waves = math.ceil(num_episodes / num_envs)
+    workers = min(workers, num_waves)
+    bounds = [round(w * num_waves / workers) * num_envs for w in range(workers + 1)]
+    bounds[-1] = num_episodes
+    return [(lo, hi - lo) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True) if hi > lo]
+
+
+def _evaluate_range(policy_path: str, device: str | None, env_kwargs: dict, seed: int, num_episodes: int,
+                    num_envs: int, verbose: bool, worker: int) -> tuple[str, dict[str, Any]]:
+    """One worker process: its own policy copy and envs, one torch thread (workers share the CPU)."""
+    torch.set_num_threads(1)
+    policy, preprocessor, postprocessor = load_policy(policy_path, device=device)
+    result = evaluate_policy(
+        policy, preprocessor, postprocessor, env_cfg=PickCubeStateEnvConfig(**env_kwargs), num_episodes=num_episodes,
+        seed=seed, num_envs=num_envs, verbose=verbose, progress_prefix=f"[worker {worker}] ",
+    )
+    return policy.config.type, result
+
+
+def evaluate_in_workers(args: argparse.Namespace, env_cfg: PickCubeStateEnvConfig) -> tuple[str, dict[str, Any]]:
+    """`evaluate_policy` with the waves split over `args.workers` spawned processes; results merged in seed order."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    ranges = split_waves(args.num_episodes, min(args.num_envs, args.num_episodes), args.workers)
+    env_kwargs = {"episode_length": env_cfg.episode_length, "randomize_cube": env_cfg.randomize_cube}
+    start = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=len(ranges), mp_context=mp.get_context("forkserver")) as pool:
+        futures = [
+            pool.submit(_evaluate_range, str(args.policy_path), args.device, env_kwargs, args.seed + first, count,
+                        args.num_envs, not args.quiet, w)
+            for w, (first, count) in enumerate(ranges)
+        ]
+        parts = [f.result() for f in futures]
+    episodes = [e for _, part in parts for e in part["episodes"]]
+    result = summarize(
+        episodes, wall=time.perf_counter() - start, num_envs=parts[0][1]["num_envs"],
+        deterministic_ode=parts[0][1]["deterministic_ode"], env_cfg=env_cfg,
+    )
+    return parts[0][0], result
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse `argv`, run, and return the JSON-able result."""
     args = parse_args(argv)
     env_cfg = PickCubeStateEnvConfig(episode_length=args.episode_length, randomize_cube=not args.fixed_cube)
-    policy, preprocessor, postprocessor = load_policy(args.policy_path, device=args.device)
-    result = evaluate_policy(
-        policy,
-        preprocessor,
-        postprocessor,
-        env_cfg=env_cfg,
-        num_episodes=args.num_episodes,
-        seed=args.seed,
-        num_envs=args.num_envs,
-        verbose=not args.quiet,
-    )
+    if args.workers == 1:
+        policy, preprocessor, postprocessor = load_policy(args.policy_path, device=args.device)
+        policy_type = policy.config.type
+        result = evaluate_policy(
+            policy,
+            preprocessor,
+            postprocessor,
+            env_cfg=env_cfg,
+            num_episodes=args.num_episodes,
+            seed=args.seed,
+            num_envs=args.num_envs,
+            verbose=not args.quiet,
+        )
+    else:
+        policy_type, result = evaluate_in_workers(args, env_cfg)
     result = {
         "policy_path": str(args.policy_path),
         "policy_path_resolved": str(Path(args.policy_path).resolve()),
-        "policy_type": policy.config.type,
+        "policy_type": policy_type,
+        "workers": args.workers,
         **result,
     }
     summary = {k: result[k] for k in ("success_rate", "success_ci95", "mean_return", "mean_length", "num_episodes")}
