@@ -1,10 +1,10 @@
 """Cost of recording a stochastic chain vs. the backbone's own deterministic sampling, at equal K and batch.
 
-    HF_HUB_OFFLINE=1 python bench/bench_sampling.py [--repeats 20]
+    HF_HUB_OFFLINE=1 python bench/bench_sampling.py [--repeats 20] [--threads N]
 
-Rows: `flow_mlp` (pi_rl `sample_chain` vs pi_rl `predict_action_chunk`) and a tiny SmolVLA built offline
-(pi_rl `sample_chain` vs upstream `SmolVLAPolicy.predict_action_chunk` on the same weights and batch, with the
-upstream step count set to K). `chain/det` is the ratio of best-of-N times; the target is <= 1.15.
+Rows: `flow_mlp` (pi_rl `sample_chain` vs pi_rl `predict_action_chunk`; B=4 is the actor's n_envs) and a tiny
+SmolVLA built offline (pi_rl `sample_chain` vs upstream `SmolVLAPolicy.predict_action_chunk` on the same weights
+and batch, with the upstream step count set to K). `chain/det` is the ratio of best-of-N times; the target is <= 1.15.
 The sample column includes everything PPO records (chain, log-prob, value).
 """
 
@@ -77,7 +77,12 @@ def bench_smolvla(checkpoint: Path, batch: int, k: int, repeats: int) -> tuple[f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's; 1 is steadier when busy)"
+    )
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     import contextlib
     import io
@@ -87,7 +92,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
         checkpoint = tv.build_tiny_smolvla_checkpoint(Path(tmp))
         rows = []
-        for batch, k in [(8, 4), (8, 10), (64, 4)]:
+        for batch, k in [(4, 4), (8, 4), (8, 10), (64, 4)]:
             rows.append(("flow_mlp", batch, k, *bench_flow_mlp(batch, k, args.repeats)))
         for batch, k in [(1, 4), (8, 4), (8, 10)]:
             rows.append(("smolvla (tiny)", batch, k, *bench_smolvla(checkpoint, batch, k, args.repeats)))

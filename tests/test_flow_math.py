@@ -16,13 +16,20 @@ from lerobot_policy_pi_rl.flow import (
     chain_log_prob,
     chain_step_log_probs,
     flow_noise_step,
+    flow_sde_coefficient_table,
+    flow_sde_coefficients,
     flow_sde_sigma,
     flow_sde_step,
     gaussian_entropy,
     gaussian_log_prob,
+    gaussian_log_prob_of_deviation,
+    gaussian_scale_terms,
+    linear_chain_log_probs,
     noise_std_from_raw,
+    one_step_chain_log_prob,
     reduce_log_prob,
     sample_chain,
+    sample_linear_chain,
     score_transition,
     standard_normal_log_prob,
     time_grid,
@@ -84,6 +91,21 @@ def test_zero_std_contributes_exactly_zero_with_zero_gradients():
     torch.testing.assert_close(mean.grad[0], torch.tensor(0.3 / 0.25))
 
 
+def test_gaussian_scale_terms_by_hand_and_the_shared_density():
+    std = torch.tensor([0.5, 0.0, 2.0, 0.0])
+    safe_std, log_normalizer = gaussian_scale_terms(std)
+    assert safe_std.tolist() == [0.5, 1.0, 2.0, 1.0]
+    assert log_normalizer[1] == 0 and log_normalizer[3] == 0
+    expected = torch.log(torch.tensor([0.5, 2.0])) + 0.5 * math.log(2 * math.pi)
+    torch.testing.assert_close(log_normalizer[[0, 2]], expected)
+    # with them, the unmasked density is gaussian_log_prob bit for bit; an element at its mean with std 0 scores 0
+    x, mean = torch.tensor([0.3, -1.0, 1.7, 4.0]), torch.tensor([0.1, -1.0, -0.4, 4.0])
+    unmasked = gaussian_log_prob_of_deviation(x - mean, safe_std, log_normalizer)
+    assert torch.equal(unmasked, gaussian_log_prob(x, mean, std))
+    # ...but an element off its mean with std 0 does not: the masking is what gaussian_log_prob adds
+    assert gaussian_log_prob_of_deviation(x + 1 - mean, safe_std, log_normalizer)[1] != 0
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Flow-SDE
 # ------------------------------------------------------------------------------------------------------------------
@@ -135,6 +157,111 @@ def test_flow_sde_sigma_and_later_stds_by_hand():
     for k in range(1, 4):
         _, std = flow_sde_step(x, x, times[k], dt=0.25, noise_level=0.5)
         torch.testing.assert_close(std.flatten()[0], torch.tensor(0.5 * expected[k]))
+
+
+@pytest.mark.parametrize("num_steps", [1, 4, 10])
+@pytest.mark.parametrize("noise_level", [0.0, 0.3, 0.5, 1.0])
+def test_flow_sde_coefficient_table_is_sde_where_stochastic_and_exactly_euler_elsewhere(num_steps, noise_level):
+    times = time_grid(num_steps)
+    dt = 1.0 / num_steps
+    g = torch.Generator().manual_seed(num_steps)
+    patterns = torch.cat([torch.eye(num_steps, dtype=torch.bool), torch.rand(3, num_steps, generator=g) < 0.5])
+    x_coef, v_coef, std = flow_sde_coefficient_table(times, patterns, noise_level=noise_level)
+    assert x_coef.shape == v_coef.shape == std.shape == patterns.shape
+    assert x_coef.dtype == v_coef.dtype == std.dtype == torch.float32
+    # SDE entries equal the per-sample coefficients the learner computes (tensor level [B, 1, 1]) bit for bit
+    t = times[:-1].view(-1, 1, 1)
+    level = torch.full((num_steps, 1, 1), noise_level)
+    sde = [c.flatten() for c in flow_sde_coefficients(t, dt=dt, noise_level=level)]
+    for table, per_sample in zip((x_coef, v_coef, std), sde, strict=True):
+        for r, k in patterns.nonzero().tolist():
+            assert torch.equal(table[r, k], per_sample[k]), (r, k)
+    # ODE entries are exactly (1, -dt, 0), so the linear step is bit for bit the Euler step x - dt * v
+    ode = ~patterns
+    assert (x_coef[ode] == 1).all() and (v_coef[ode] == torch.tensor(-dt)).all() and (std[ode] == 0).all()
+    x, v = torch.randn(2, 64, generator=g), torch.randn(2, 64, generator=g) * 10
+    for r, k in ode.nonzero().tolist():
+        assert torch.equal(x_coef[r, k] * x + v_coef[r, k] * v, x - dt * v)
+    if noise_level > 0:
+        assert (std[patterns] > 0).all()
+    else:
+        assert (std == 0).all() and (x_coef == 1).all() and (v_coef == torch.tensor(-dt)).all()
+    with pytest.raises(ValueError, match="steps"):
+        flow_sde_coefficient_table(times, patterns[:, :-1] if num_steps > 1 else patterns.repeat(1, 2), noise_level=0.5)
+
+
+def _linear_chain_inputs(num_steps: int, batch: int, noise_level: float, j: Tensor | None):
+    """Per-sample tables (hybrid one-hot(j), or every step when `j` is None) and a seeded chain's inputs."""
+    times = time_grid(num_steps)
+    patterns = torch.eye(num_steps, dtype=torch.bool) if j is not None else torch.ones(1, num_steps, dtype=torch.bool)
+    table = torch.stack(flow_sde_coefficient_table(times, patterns, noise_level=noise_level), dim=1)  # [R, 3, K]
+    table = (table[j] if j is not None else table.expand(batch, 3, num_steps))[..., None, None]  # [B, 3, K, 1, 1]
+    g = torch.Generator().manual_seed(11)
+    noise = torch.randn(batch, 5, 2, generator=g)
+    eps = torch.randn(batch, num_steps, 5, 2, generator=g).unbind(1)
+    step_times = [times[k].expand(batch) for k in range(num_steps)]
+    return table, noise, eps, step_times
+
+
+@pytest.mark.parametrize("num_steps", [1, 4, 10])
+def test_linear_chain_with_zero_noise_is_exactly_lerobot_euler(num_steps):
+    table, noise, eps, step_times = _linear_chain_inputs(num_steps, 3, 0.0, torch.zeros(3, dtype=torch.long))
+    x_coef, v_coef, std = (c.unbind(1) for c in table.unbind(1))
+    chain, means = sample_linear_chain(
+        _nonlinear_velocity, noise, step_times=step_times, x_coef=x_coef, v_coef=v_coef, std=std, eps=eps
+    )
+    assert chain.shape == (3, num_steps + 1, 5, 2) and means.shape == (3, num_steps, 5, 2)
+    assert torch.equal(chain[:, 0], noise)
+    assert torch.equal(chain[:, -1], euler_integrate(_nonlinear_velocity, noise, num_steps))
+    assert torch.equal(chain[:, 1:], means)
+
+
+@pytest.mark.parametrize("hybrid", [True, False], ids=["hybrid", "all"])
+def test_linear_chain_steps_and_log_probs_equal_scoring_each_transition(hybrid):
+    """Every sampled step is mean + std * eps with the step function's mean; the vectorized log-probs equal
+    `gaussian_log_prob` and the learner's `score_transition` bit for bit (exactly 0 on ODE steps)."""
+    num_steps, batch, level = 4, 6, 0.5
+    j = torch.tensor([0, 1, 2, 3, 1, 0]) if hybrid else None
+    table, noise, eps, step_times = _linear_chain_inputs(num_steps, batch, level, j)
+    if hybrid:  # one draw serves every step
+        eps = (eps[0],) * num_steps
+    x_coef, v_coef, std = (c.unbind(1) for c in table.unbind(1))
+    chain, means = sample_linear_chain(
+        _nonlinear_velocity, noise, step_times=step_times, x_coef=x_coef, v_coef=v_coef, std=std, eps=eps
+    )
+    stds = table[:, 2]  # [B, K, 1, 1]
+    safe_std, log_normalizer = gaussian_scale_terms(stds)
+    step_lp = linear_chain_log_probs(chain, means, safe_std=safe_std, log_normalizer=log_normalizer)
+    assert step_lp.shape == (batch, num_steps, 5, 2) and step_lp.dtype == torch.float32
+    assert torch.equal(step_lp, gaussian_log_prob(chain[:, 1:], means, stds))
+    stochastic = (stds > 0).view(batch, num_steps)
+    assert stochastic.sum(1).tolist() == ([1] * batch if hybrid else [num_steps] * batch)
+    assert (step_lp[~stochastic] == 0).all() and (step_lp[stochastic] != 0).all()
+    if hybrid:  # the one-step scorer reads the SDE step's deviation off the sum over steps, bit for bit
+        rows = torch.arange(batch)
+        at_j = {"safe_std": safe_std[rows, j], "log_normalizer": log_normalizer[rows, j]}  # [B, 1, 1]
+        one_step = one_step_chain_log_prob(chain, means, **at_j)
+        assert one_step.shape == (batch, 5, 2)
+        assert torch.equal(one_step, step_lp[rows, j]) and torch.equal(one_step, step_lp.sum(1))
+        assert torch.equal(one_step, gaussian_log_prob(chain[rows, j + 1], means[rows, j], stds[rows, j]))
+
+    def step(x, t, on):  # the learner's step function: per-sample coefficients from flow_sde_coefficients
+        v, per_sample_level = _nonlinear_velocity(x, t), torch.full((x.shape[0], 1, 1), level)
+        return flow_sde_step(x, v, t.view(-1, 1, 1), dt=1 / num_steps, noise_level=per_sample_level)
+
+    for k in range(num_steps):
+        rows = stochastic[:, k]
+        if not rows.any():
+            continue
+        tr = score_transition(step, chain[rows, k], chain[rows, k + 1], step_times[k][rows], rows[rows])
+        assert torch.equal(tr.log_prob, step_lp[rows, k]), k
+        mean, _ = step(chain[rows, k], step_times[k][rows], rows[rows])
+        assert torch.equal(mean, means[rows, k])
+        assert torch.allclose(chain[rows, k + 1], mean + stds[rows, k] * eps[k][rows], atol=1e-6)
+        # ODE rows of this step are exact Euler steps
+        ode = ~rows
+        x = chain[ode, k]
+        assert torch.equal(chain[ode, k + 1], x - (1 / num_steps) * _nonlinear_velocity(x, step_times[k][ode]))
 
 
 # Target a ~ N(mu, s²) per dimension, ε ~ N(0, 1), x_t = t·ε + (1 − t)·a. x_t is Gaussian with mean (1 − t)·mu and

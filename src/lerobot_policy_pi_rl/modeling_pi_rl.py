@@ -26,10 +26,15 @@ from .configuration_pi_rl import FlowNoiseConfig, FlowSDEConfig, PiRLConfig
 from .flow import (
     chain_log_prob,
     chain_step_log_probs,
+    flow_sde_coefficient_table,
     flow_sde_coefficients,
     gaussian_entropy,
+    gaussian_scale_terms,
+    linear_chain_log_probs,
+    one_step_chain_log_prob,
     reduce_log_prob,
     sample_chain,
+    sample_linear_chain,
     score_transition,
     time_grid,
 )
@@ -52,6 +57,21 @@ class ChainSample:
     log_prob: Tensor
     #: V(o) `[B]`.
     value: Tensor
+
+
+@dataclass(frozen=True)
+class _FlowSDEPlan:
+    """What a Flow-SDE `sample_chain` call needs that depends only on (K, mode, a, device, B), computed once.
+
+    Never a view of `sde_noise_level`: it is built from the level's value, which is also its cache key.
+    """
+
+    #: t_k `[B]` per step (views of one grid).
+    step_times: tuple[Tensor, ...]
+    #: `[R, 3K + 2S, 1, 1]`, one row per chain pattern (hybrid: R = K, row j has its SDE step at j, S = 1;
+    #: full SDE: R = 1, S = K): x_coef_k, v_coef_k, std_k of every step (sampling), then safe_std and
+    #: log_normalizer (`gaussian_scale_terms`) of its S stochastic steps (scoring).
+    table: Tensor
 
 
 @dataclass
@@ -97,6 +117,7 @@ class PiRLPolicy(PreTrainedPolicy):
         # Current Flow-SDE noise level (annealed by the algorithm); a buffer so it travels with the weights.
         level = variant.noise_level if isinstance(variant, FlowSDEConfig) else 0.0
         self.register_buffer("sde_noise_level", torch.tensor(float(level)), persistent=True)
+        self._sde_plans: dict[tuple, _FlowSDEPlan] = {}
         self.reset()
 
     # ----------------------------------------------------------------------------------------------------------
@@ -188,17 +209,6 @@ class PiRLPolicy(PreTrainedPolicy):
 
         return step
 
-    def _stochastic_mask(self, batch: int, device: torch.device, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-        """`[B, K]` bool mask of stochastic steps and `[B]` hybrid step indices (-1 when all are stochastic)."""
-        variant = self.config.variant
-        k = self.num_steps
-        if isinstance(variant, FlowSDEConfig) and variant.stochastic_steps == "hybrid":
-            high = k - 1 if variant.exclude_last_step else k
-            j = torch.randint(0, high, (batch,), generator=generator, device="cpu").to(device)
-            mask = torch.nn.functional.one_hot(j, k).bool()
-            return mask, j
-        return torch.ones(batch, k, dtype=torch.bool, device=device), torch.full((batch,), -1, device=device)
-
     def _reduce(self, element_log_prob: Tensor) -> Tensor:
         return reduce_log_prob(
             element_log_prob,
@@ -224,15 +234,16 @@ class PiRLPolicy(PreTrainedPolicy):
     @torch.no_grad()
     def sample_chain(self, batch: dict[str, Tensor], *, generator: torch.Generator | None = None) -> ChainSample:
         """Sample one stochastic chain per observation and record what PPO needs (no gradients)."""
+        if isinstance(self.config.variant, FlowSDEConfig):
+            return self._sample_flow_sde(batch, generator)
+        # Flow-Noise: every step is stochastic, with the noise head's std.
         context = self.backbone.encode(batch)
         bsize = self.backbone.batch_size(context)
         noise = self._initial_noise(bsize, generator)
         device = noise.device
-        stochastic, step_index = self._stochastic_mask(bsize, device, generator)
-        # A copy, not a view of the buffer: annealing must not rewrite the level recorded with a sample.
-        noise_level = self.sde_noise_level.float().expand(bsize).to(device).clone()
-        if not isinstance(self.config.variant, FlowSDEConfig):
-            noise_level = torch.zeros(bsize, device=device)
+        stochastic = torch.ones(bsize, self.num_steps, dtype=torch.bool, device=device)
+        step_index = torch.full((bsize,), -1, dtype=torch.long, device=device)
+        noise_level = torch.zeros(bsize, device=device)
         chain, step_log_probs, _ = sample_chain(
             self._step_fn(context, noise_level),
             noise,
@@ -244,11 +255,85 @@ class PiRLPolicy(PreTrainedPolicy):
         return ChainSample(
             action_chunk=chain[:, -1, :, : self.config.action_dim],
             chain=chain,
-            step_index=step_index.long(),
+            step_index=step_index,
             noise_level=noise_level,
             log_prob=self._reduce(element_lp),
             value=self._value(context),
         )
+
+    def _sample_flow_sde(self, batch: dict[str, Tensor], generator: torch.Generator | None) -> ChainSample:
+        """Flow-SDE `sample_chain`: a linear recursion over cached per-sample coefficient tables.
+
+        The actor's hot path, built from few small tensor ops (on CPU each costs about as much as its
+        arithmetic): per step one velocity pass and four ops, no branching or coefficient arithmetic; the
+        log-prob without gathers or masking (ODE steps contribute exactly 0). The arithmetic is the learner's
+        (`evaluate_chain`), so re-scoring a fresh chain reproduces its log-prob bit for bit.
+        """
+        # Read the level once, first (before any device work is queued): its value keys the cached tables and
+        # is what the sample records, so annealing the buffer later changes neither.
+        level = float(self.sde_noise_level)
+        context = self.backbone.encode(batch)
+        bsize = self.backbone.batch_size(context)
+        noise = self._initial_noise(bsize, generator)
+        device = noise.device
+        plan = self._flow_sde_plan(level, bsize, device)
+        k = self.num_steps
+        hybrid = self.config.variant.stochastic_steps == "hybrid"
+        if hybrid:
+            high = k - 1 if self.config.variant.exclude_last_step else k
+            step_index = torch.randint(0, high, (bsize,), generator=generator, device="cpu")
+            if device.type != "cpu":
+                step_index = step_index.to(device)
+            rows = plan.table[step_index]  # [B, 3K + 2, 1, 1]
+            # One draw serves every step: each sample has a non-zero std at its step j only.
+            eps = (torch.randn(noise.shape, generator=generator, device=device, dtype=torch.float32),) * k
+        else:
+            step_index = torch.full((bsize,), -1, dtype=torch.long, device=device)
+            rows = plan.table  # [1, 5K, 1, 1], the same for every sample
+            eps = torch.randn((bsize, k, *noise.shape[1:]), generator=generator, device=device).unbind(1)
+        cols = rows.unbind(1)  # each [B or 1, 1, 1]
+        chain, means = sample_linear_chain(
+            lambda x, t: self.backbone.velocity(context, x, t)[0],
+            noise,
+            step_times=plan.step_times,
+            x_coef=cols[:k],
+            v_coef=cols[k : 2 * k],
+            std=cols[2 * k : 3 * k],
+            eps=eps,
+        )
+        if hybrid:
+            element_lp = one_step_chain_log_prob(chain, means, safe_std=cols[3 * k], log_normalizer=cols[3 * k + 1])
+        else:
+            scale_terms = {"safe_std": rows[:, 3 * k : 4 * k], "log_normalizer": rows[:, 4 * k :]}  # [1, K, 1, 1]
+            element_lp = chain_log_prob(linear_chain_log_probs(chain, means, **scale_terms), reduction="sum")
+        return ChainSample(
+            action_chunk=chain[:, -1, :, : self.config.action_dim],
+            chain=chain,
+            step_index=step_index,
+            noise_level=torch.full((bsize,), level, dtype=torch.float32, device=device),
+            log_prob=self._reduce(element_lp),
+            value=self._value(context),
+        )
+
+    def _flow_sde_plan(self, level: float, bsize: int, device: torch.device) -> _FlowSDEPlan:
+        """The cached `_FlowSDEPlan` for the current config, noise level `level`, batch and device."""
+        k, hybrid = self.num_steps, self.config.variant.stochastic_steps == "hybrid"
+        key = (k, hybrid, level, bsize, device)
+        plan = self._sde_plans.get(key)
+        if plan is None:
+            times = self._times(device)
+            # Chain patterns: hybrid row j has its SDE step at j; a full-SDE chain has one row, all SDE steps.
+            patterns = torch.eye(k, dtype=torch.bool) if hybrid else torch.ones(1, k, dtype=torch.bool)
+            x_coef, v_coef, std = flow_sde_coefficient_table(times, patterns, noise_level=level)  # [R, K]
+            safe_std, log_normalizer = gaussian_scale_terms(std)
+            if hybrid:  # row j is scored at its step j only
+                safe_std, log_normalizer = safe_std.diagonal()[:, None], log_normalizer.diagonal()[:, None]
+            table = torch.cat([x_coef, v_coef, std, safe_std, log_normalizer], dim=1)[..., None, None]
+            plan = _FlowSDEPlan(step_times=tuple(t.expand(bsize) for t in times[:-1].unbind(0)), table=table)
+            if len(self._sde_plans) >= 8:  # levels anneal: keep only a few
+                self._sde_plans.clear()
+            self._sde_plans[key] = plan
+        return plan
 
     def _element_log_prob(self, step_log_probs: Tensor, chain: Tensor) -> Tensor:
         """Per-element chain log-prob `[B, H, A]` from per-step terms `[B, K, H, A]` (variant's reduction)."""

@@ -7,15 +7,17 @@ The policy builds it from its backbone's velocity and its exploration variant; t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .gaussian import gaussian_log_prob, standard_normal_log_prob
+from .gaussian import gaussian_log_prob, gaussian_log_prob_of_deviation, standard_normal_log_prob
 
 StepFn = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+#: `(x_t [B, H, A], t [B]) -> v [B, H, A]`, the velocity field of one decision.
+VelocityFn = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass
@@ -66,6 +68,66 @@ def sample_chain(
     # Scored exactly as `score_transition` scores a recorded chain, so the learner reproduces it bit for bit.
     log_probs = gaussian_log_prob(chain[:, 1:], torch.stack(means, dim=1), step_stds)
     return chain, log_probs, step_stds
+
+
+def sample_linear_chain(
+    velocity_fn: VelocityFn,
+    noise: Tensor,
+    *,
+    step_times: Sequence[Tensor],
+    x_coef: Sequence[Tensor],
+    v_coef: Sequence[Tensor],
+    std: Sequence[Tensor],
+    eps: Sequence[Tensor],
+) -> tuple[Tensor, Tensor]:
+    """Integrate x_{k+1} = mean_k + std_k * eps_k, mean_k = x_coef_k * x_k + v_coef_k * v(x_k, t_k), from `noise`.
+
+    Every Flow-SDE chain (hybrid or full) is of this form with per-sample coefficient tables
+    (`flow_sde_coefficient_table`): no per-step branching, masking or coefficient arithmetic, so a step costs one
+    velocity pass and four elementwise ops. Where `(x_coef, v_coef, std) == (1, -dt, 0)` the step is bit for bit
+    the Euler step x - dt * v, and wherever `std_k == 0`, x_{k+1} equals mean_k exactly.
+
+    Args:
+        velocity_fn: see `VelocityFn`.
+        noise: x_{t_0}, `[B, H, A]`.
+        step_times: K tensors t_k `[B]`.
+        x_coef, v_coef, std: K tensors each, broadcastable to `[B, H, A]` (e.g. `[B, 1, 1]`).
+        eps: K standard-normal tensors `[B, H, A]`. One tensor may serve several steps when each sample has a
+            non-zero std at one of them at most (hybrid chains).
+    Returns:
+        `chain [B, K+1, H, A]` float32 (x_{t_0} first) and the transition means `[B, K, H, A]` float32.
+    """
+    x = noise.float()
+    xs, means = [x], []
+    for t, xc, vc, s, e in zip(step_times, x_coef, v_coef, std, eps, strict=True):
+        mean = xc * x + vc * velocity_fn(x, t)
+        x = torch.addcmul(mean, s, e)  # s == 0: exactly `mean` (a fused multiply-add of 0 changes nothing)
+        xs.append(x)
+        means.append(mean)
+    return torch.stack(xs, dim=1), torch.stack(means, dim=1)
+
+
+def linear_chain_log_probs(chain: Tensor, means: Tensor, *, safe_std: Tensor, log_normalizer: Tensor) -> Tensor:
+    """Per-step log-probs `[B, K, H, A]` float32 of a chain from `sample_linear_chain`.
+
+    `safe_std` / `log_normalizer` are `gaussian_scale_terms(std)` of the per-step stds, broadcastable to
+    `[B, K, H, A]` (e.g. `[B, K, 1, 1]`). Equal to `gaussian_log_prob(chain[:, 1:], means, std)` bit for bit up
+    to the sign of zero, without its masking: at std = 0 steps x_{k+1} == mean_k, so the term is
+    -(0 / 1)^2 / 2 - 0 = 0 exactly.
+    """
+    return gaussian_log_prob_of_deviation(chain[:, 1:] - means, safe_std, log_normalizer)
+
+
+def one_step_chain_log_prob(chain: Tensor, means: Tensor, *, safe_std: Tensor, log_normalizer: Tensor) -> Tensor:
+    """Elementwise log-prob `[B, H, A]` float32 of a `sample_linear_chain` chain with one stochastic step j per
+    sample (hybrid Flow-SDE), given that step's `gaussian_scale_terms` per sample (e.g. `[B, 1, 1]`).
+
+    Every other step has x_{k+1} == mean_k exactly, so the deviations x_{k+1} - mean_k summed over the steps are
+    x_{j+1} - mean_j exactly: no gather, and only one step's worth of density arithmetic. Equal bit for bit (up
+    to the sign of zero) to `gaussian_log_prob(x_{j+1}, mean_j, std_j)`, which the learner computes.
+    """
+    deviation = (chain[:, 1:] - means).sum(dim=1)
+    return gaussian_log_prob_of_deviation(deviation, safe_std, log_normalizer)
 
 
 def score_transition(

@@ -67,3 +67,33 @@ def flow_sde_step(
     x_coef, v_coef, std = flow_sde_coefficients(t, dt=dt, noise_level=noise_level)
     mean = x_coef * x_t + v_coef * v
     return mean, std.expand_as(mean)
+
+
+def flow_sde_coefficient_table(
+    times: Tensor, stochastic: Tensor, *, noise_level: float | Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Every step's transition `mean = x_coef * x_t + v_coef * v`, `std`, for chains with given SDE steps.
+
+    Args:
+        times: grid `[K+1]` (see `time_grid`).
+        stochastic: `[R, K]` bool, one row per chain pattern: which steps are SDE steps (hybrid: row j is
+            one-hot(j); full SDE: a single row of ones).
+        noise_level: `a`, a float or a 0-dim tensor.
+    Returns:
+        `(x_coef, v_coef, std)`, each `[R, K]` float32: `flow_sde_coefficients(t_k)` where `stochastic[r, k]`
+        (bit for bit what a per-sample call with a tensor noise level gives, as the learner computes it), and
+        exactly `(1, -dt, 0)` elsewhere, so that `x_coef * x + v_coef * v` is the Euler step `x - dt * v` bit for
+        bit (`1 * x == x` and `(-dt) * v == -(dt * v)` in IEEE arithmetic).
+    """
+    num_steps = times.shape[0] - 1
+    dt = 1.0 / num_steps
+    t = times[:-1].float()
+    if stochastic.shape[-1] != num_steps:
+        raise ValueError(f"stochastic has {stochastic.shape[-1]} steps, the grid {num_steps}")
+    # A tensor level takes `flow_sde_coefficients`' tensor branch, the one per-sample scoring takes.
+    level = torch.as_tensor(noise_level, dtype=torch.float32, device=t.device)
+    sde = flow_sde_coefficients(t, dt=dt, noise_level=level)
+    ode = (torch.ones_like(t), torch.full_like(t, -dt), torch.zeros_like(t))
+    on = stochastic.to(device=t.device, dtype=torch.bool)
+    x_coef, v_coef, std = (torch.where(on, s, o) for s, o in zip(sde, ode, strict=True))
+    return x_coef, v_coef, std
