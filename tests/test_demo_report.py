@@ -46,3 +46,33 @@ def test_existing_run_dir_is_never_overwritten_without_asking(tmp_path):
 def test_variant_choice_is_validated():
     with pytest.raises(SystemExit):
         demo.parse_args(["--variant", "flow_sdee"])
+
+
+def test_stages_are_recorded_as_they_run_and_the_report_rebuilds_with_a_later_sac_run(tmp_path):
+    """A stage that fails still leaves its command and time in stages.json; `--report_only` re-renders the report
+    from the run directory, folding in a SAC baseline added afterwards (with fewer env steps: said so)."""
+    import sys
+
+    settings = demo.DemoSettings(run_dir=tmp_path, variant="flow_noise")
+    demo.run_stage(settings, "ok stage", [sys.executable, "-c", "pass"])
+    with pytest.raises(SystemExit, match="failed with exit code 3"):
+        demo.run_stage(settings, "bad stage", [sys.executable, "-c", "raise SystemExit(3)"])
+    recorded = demo.load_stages(tmp_path)
+    assert recorded.variant == "flow_noise" and list(recorded.timings) == ["ok stage", "bad stage"]
+    assert recorded.commands[1].endswith("'raise SystemExit(3)'")
+
+    row = {"update": 1, "wall_time_s": 5.0, "rollout/interaction_steps": 3000, "rollout/success_rate": 0.5}
+    for name, rate, steps in (("pi_rl", 0.88, 3000), ("sac", 0.02, 1200)):
+        (tmp_path / f"eval_{name}.json").write_text(json.dumps(_eval(rate)))
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text(json.dumps({**row, "rollout/interaction_steps": steps}) + "\n")
+    (tmp_path / "eval_sft.json").write_text(json.dumps(_eval(0.44)))
+    text = demo.rebuild_report(tmp_path).read_text()
+    assert "Variant `flow_noise`" in text
+    assert "| pi_rl | 88.0 % [80.2, 93.0]" in text and "| sac | 2.0 % [0.6, 7.0]" in text and "| 1200 |" in text
+    assert "SAC ran 1200 env steps, fewer than PI-RL's 3000" in text
+
+
+def test_report_only_needs_a_run_directory_with_stages(tmp_path):
+    with pytest.raises(SystemExit, match="stages.json not found"):
+        demo.main(["--report_only", "--run_dir", str(tmp_path)])

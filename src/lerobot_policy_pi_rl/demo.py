@@ -8,6 +8,12 @@ Stages (each one a real command of this package or of LeRobot, run as a subproce
   5. evaluate the fine-tuned policy with the same protocol;
   6. write `report.md` + `learning_curve.png` under the run directory.
 Optionally (`--with_sac`), LeRobot's SAC on the same env, demonstrations and env-step budget, on the same plot.
+
+Every stage's command and wall time go to `<run_dir>/stages.json` as it ends, and the report is written as soon
+as the PI-RL evaluation is done (again after SAC), so a failed or interrupted later stage loses nothing.
+`python -m lerobot_policy_pi_rl.demo --report_only --run_dir <run_dir>` re-renders the report from the run
+directory, e.g. after `python -m lerobot_policy_pi_rl.sac_baseline --run_dir <run_dir> --demos <run_dir>/demos
+--env_steps N` added a SAC baseline separately.
 """
 
 from __future__ import annotations
@@ -90,15 +96,43 @@ def _bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+STAGES_FILE = "stages.json"
+
+
+def save_stages(settings: DemoSettings) -> None:
+    """Write the commands and stage wall times run so far to `<run_dir>/stages.json` (after every stage), so the
+    report can be rebuilt (`--report_only`) when a later stage fails or is interrupted."""
+    record = {
+        "variant": settings.variant, "seed": settings.seed, "eval_episodes": settings.eval_episodes,
+        "eval_seed": settings.eval_seed, "commands": settings.commands, "timings_s": settings.timings,
+    }
+    (settings.run_dir / STAGES_FILE).write_text(json.dumps(record, indent=2))
+
+
+def load_stages(run_dir: Path) -> DemoSettings:
+    """The `DemoSettings` (variant, seed, evaluation protocol, commands, timings) a run directory recorded."""
+    path = Path(run_dir) / STAGES_FILE
+    if not path.is_file():
+        raise SystemExit(f"[demo] {path} not found: is {run_dir} a demo run directory?")
+    record = json.loads(path.read_text())
+    return DemoSettings(
+        variant=record["variant"], run_dir=Path(run_dir), seed=record["seed"], eval_episodes=record["eval_episodes"],
+        eval_seed=record["eval_seed"], commands=list(record["commands"]), timings=dict(record["timings_s"]),
+    )
+
+
 def run_stage(settings: DemoSettings, name: str, argv: list[str]) -> None:
     """Run one stage as a subprocess, streaming its output, and record the command and its wall time."""
     printable = " ".join(shlex.quote(a) for a in argv)
     settings.commands.append(printable)
     print(f"\n=== [demo] {name}\n$ {printable}", flush=True)
     start = time.perf_counter()
-    result = subprocess.run(argv, env=_env(), check=False)
-    elapsed = time.perf_counter() - start
-    settings.timings[name] = elapsed
+    try:
+        result = subprocess.run(argv, env=_env(), check=False)
+    finally:
+        settings.timings[name] = time.perf_counter() - start
+        save_stages(settings)
+    elapsed = settings.timings[name]
     if result.returncode != 0:
         raise SystemExit(f"[demo] stage '{name}' failed with exit code {result.returncode} after {elapsed:.0f}s")
     print(f"=== [demo] {name}: done in {elapsed:.0f}s", flush=True)
@@ -273,9 +307,16 @@ def write_report(settings: DemoSettings, evals: dict[str, dict], curves: dict[st
             f"| {name} | {_fmt(result)} | {result['mean_return']:.3f} | {result['mean_length']:.1f} | "
             f"{steps.get(name, '-')} |"
         )
+    if "sac" in evals and steps.get("sac", "-") != "-" and int(steps["sac"]) < rl_steps:
+        lines += ["", f"SAC ran {int(steps['sac'])} env steps, fewer than PI-RL's {rl_steps}: compare the curves at "
+                      "equal env steps."]
     lines += ["", "![learning curve](learning_curve.png)", "", "## Wall time", ""]
     lines += [f"- {name}: {secs:.0f} s" for name, secs in settings.timings.items()]
-    lines += [f"- total: {total_s:.0f} s", "", "## Commands", "", "```bash"]
+    sac_s = sum(secs for name, secs in settings.timings.items() if "sac" in name.lower())
+    lines += [f"- total: {total_s:.0f} s"]
+    if sac_s:
+        lines += [f"- total without the SAC baseline: {total_s - sac_s:.0f} s"]
+    lines += ["", "## Commands", "", "```bash"]
     lines += settings.commands
     lines += ["```", ""]
     report = settings.run_dir / "report.md"
@@ -325,7 +366,29 @@ def parse_args(argv: list[str] | None = None) -> DemoSettings:
     return settings
 
 
+def rebuild_report(run_dir: Path) -> Path:
+    """Re-render `report.md` / `learning_curve.png` of a run directory from what its stages wrote
+    (`stages.json`, `eval_*.json`, `*/metrics.jsonl`), e.g. after a SAC baseline was added with
+    `python -m lerobot_policy_pi_rl.sac_baseline --run_dir <run_dir> ...`."""
+    settings = load_stages(run_dir)
+    evals = {name: json.loads(path.read_text()) for name in ("sft", "pi_rl", "sac")
+             if (path := run_dir / f"eval_{name}.json").is_file()}
+    if "pi_rl" not in evals:
+        raise SystemExit(f"[demo] {run_dir / 'eval_pi_rl.json'} not found: the PI-RL stages did not finish")
+    curves = {name: rows for name in ("pi_rl", "sac") if (rows := _read_metrics(run_dir / name / "metrics.jsonl"))}
+    return write_report(settings, evals, curves, sum(settings.timings.values()))
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--report_only" in argv:
+        p = argparse.ArgumentParser(description="Re-render the report of an existing demo run directory.")
+        p.add_argument("--report_only", action="store_true")
+        p.add_argument("--run_dir", type=Path, required=True)
+        report = rebuild_report(p.parse_args(argv).run_dir)
+        print(f"[demo] report: {report}")
+        return 0
     settings = parse_args(argv)
     settings.run_dir.mkdir(parents=True)
     start = time.perf_counter()
@@ -336,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     rl_dir = pi_rl(settings, sft_model)
     evals["pi_rl"] = evaluate(settings, "pi_rl", rl_dir / "checkpoints" / "last" / "pretrained_model")
     curves = {"pi_rl": _read_metrics(rl_dir / "metrics.jsonl")}
+    # The PI-RL report first: a failing or interrupted SAC stage must not cost it.
+    write_report(settings, evals, curves, time.perf_counter() - start)
     if settings.with_sac:
         from .sac_baseline import run_sac_baseline
 

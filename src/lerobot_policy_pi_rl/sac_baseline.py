@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     """Standalone: `python -m lerobot_policy_pi_rl.sac_baseline --run_dir R --demos D --env_steps N`."""
     import argparse
 
-    from .demo import DemoSettings, run_stage
+    from .demo import STAGES_FILE, DemoSettings, load_stages, run_stage
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run_dir", type=Path, required=True)
@@ -137,8 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval_episodes", type=int, default=DemoSettings.eval_episodes)
     p.add_argument("--eval_seed", type=int, default=DemoSettings.eval_seed)
     args = p.parse_args(argv)
-    settings = DemoSettings(run_dir=args.run_dir, seed=args.seed, eval_episodes=args.eval_episodes,
-                            eval_seed=args.eval_seed, with_sac=True)
+    if (args.run_dir / STAGES_FILE).is_file():
+        # A demo run directory: append the SAC stages to its record (then `demo --report_only` plots both).
+        settings = load_stages(args.run_dir)
+        settings.with_sac = True
+    else:
+        settings = DemoSettings(run_dir=args.run_dir, seed=args.seed, eval_episodes=args.eval_episodes,
+                                eval_seed=args.eval_seed, with_sac=True)
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     run_dir, result = run_sac_baseline(settings, args.demos, run_stage, args.env_steps)
     summary = {k: result[k] for k in ("success_rate", "success_ci95", "mean_return", "mean_length", "num_episodes")}
