@@ -34,7 +34,7 @@ test: venv
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 # VARIANT=flow_noise make demo (or make demo VARIANT=flow_noise); DEMO_ARGS passes any other demo flag.
-VARIANT ?= flow_sde
+VARIANT ?= flow_noise
 demo: venv
 	$(PY) -m lerobot_policy_pi_rl.demo --variant $(VARIANT) $(DEMO_ARGS)
 

@@ -5,7 +5,8 @@
 Rows: `flow_mlp` (pi_rl `sample_chain` vs pi_rl `predict_action_chunk`; B=4 is the actor's n_envs) and a tiny
 SmolVLA built offline (pi_rl `sample_chain` vs upstream `SmolVLAPolicy.predict_action_chunk` on the same weights
 and batch, with the upstream step count set to K). `chain/det` is the ratio of best-of-N times; the target is <= 1.15.
-The sample column includes everything PPO records (chain, log-prob, value).
+The sample column includes everything PPO records (chain, log-prob, value). For flow_mlp a third column times a
+bare Euler loop over the same backbone, without the `self.eval()` call `predict_action_chunk` makes every time.
 """
 
 from __future__ import annotations
@@ -29,27 +30,41 @@ from lerobot_policy_pi_rl.modeling_pi_rl import PiRLPolicy  # noqa: E402
 from lerobot_policy_pi_rl.processor_pi_rl import make_pi_rl_pre_post_processors  # noqa: E402
 
 
-def paired_ms(fn_a, fn_b, repeats: int, warmup: int = 3) -> tuple[float, float]:
-    """Best-of-`repeats` wall time of two callables, measured alternately so both see the same machine load
+def paired_ms(*fns, repeats: int, warmup: int = 3) -> tuple[float, ...]:
+    """Best-of-`repeats` wall time (ms) of each callable, measured alternately so all see the same machine load
     (the minimum is the estimate least disturbed by other processes)."""
     for _ in range(warmup):
-        fn_a()
-        fn_b()
-    times_a, times_b = [], []
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+        for fn, t in zip(fns, times, strict=True):
             start = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - start)
-    return 1e3 * min(times_a), 1e3 * min(times_b)
+            t.append(time.perf_counter() - start)
+    return tuple(1e3 * min(t) for t in times)
 
 
-def bench_flow_mlp(batch: int, k: int, repeats: int) -> tuple[float, float]:
+def bench_flow_mlp(batch: int, k: int, repeats: int) -> tuple[float, float, float]:
+    """sample_chain, predict_action_chunk, and a bare Euler loop over the same backbone: predict_action_chunk
+    also pays `self.eval()` on every call, as LeRobot's own policies' `predict_action_chunk` do, which the bare
+    loop does not, so the bare column shows the ratio without that fixed cost."""
     from conftest import make_flow_mlp_config, make_obs_batch
 
     policy = PiRLPolicy(make_flow_mlp_config("flow_sde", num_denoise_steps=k)).eval()
     obs = make_obs_batch(batch)
-    return paired_ms(lambda: policy.sample_chain(obs), lambda: policy.predict_action_chunk(obs), repeats)
+
+    @torch.no_grad()
+    def bare_ode():
+        context = policy.backbone.encode(obs)
+        x = policy._initial_noise(batch, None)
+        times = policy._times(x.device)
+        for step in range(k):
+            x = x - (1.0 / k) * policy.backbone.velocity(context, x, times[step].expand(batch))[0]
+        return x
+
+    return paired_ms(lambda: policy.sample_chain(obs), lambda: policy.predict_action_chunk(obs), bare_ode,
+                     repeats=repeats)
 
 
 def bench_smolvla(checkpoint: Path, batch: int, k: int, repeats: int) -> tuple[float, float]:
@@ -71,7 +86,9 @@ def bench_smolvla(checkpoint: Path, batch: int, k: int, repeats: int) -> tuple[f
     upstream.config.num_steps = k
     preprocessor, _ = make_pi_rl_pre_post_processors(config, None)
     obs = preprocessor(tv.raw_observation(batch))
-    return paired_ms(lambda: policy.sample_chain(obs), lambda: upstream.predict_action_chunk(dict(obs)), repeats)
+    chain, det = paired_ms(lambda: policy.sample_chain(obs), lambda: upstream.predict_action_chunk(dict(obs)),
+                           repeats=repeats)
+    return chain, det, None
 
 
 def main() -> None:
@@ -98,11 +115,13 @@ def main() -> None:
             rows.append(("smolvla (tiny)", batch, k, *bench_smolvla(checkpoint, batch, k, args.repeats)))
 
     print(f"torch threads: {torch.get_num_threads()}, best of {args.repeats} alternating runs")
-    header = f"{'backbone':<16}{'B':>4}{'K':>4}{'sample_chain ms':>17}{'deterministic ms':>18}{'chain/det':>11}"
+    header = (f"{'backbone':<16}{'B':>4}{'K':>4}{'sample_chain ms':>17}{'deterministic ms':>18}{'chain/det':>11}"
+              f"{'bare ODE ms':>13}{'chain/bare':>12}")
     print(header)
     print("-" * len(header))
-    for name, batch, k, chain, det in rows:
-        print(f"{name:<16}{batch:>4}{k:>4}{chain:>17.2f}{det:>18.2f}{chain / det:>10.2f}x")
+    for name, batch, k, chain, det, bare in rows:
+        tail = f"{bare:>13.2f}{chain / bare:>11.2f}x" if bare is not None else f"{'-':>13}{'-':>12}"
+        print(f"{name:<16}{batch:>4}{k:>4}{chain:>17.2f}{det:>18.2f}{chain / det:>10.2f}x{tail}")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ ACTOR_LR = {"flow_sde": 1e-5, "flow_noise": 3e-6}
 class DemoSettings:
     """The embedded default recipe. Sizes were chosen so a 2-core CPU finishes in well under 20 minutes."""
 
-    variant: str = "flow_sde"
+    # Flow-Noise: measured 33 % -> 93 % [86, 97] here, vs Flow-SDE's 44 % -> 88 % [80, 93] at the same budget
+    # (one run each, 130 updates; the intervals overlap). The policy's own default stays Flow-SDE (cheaper for VLAs).
+    variant: str = "flow_noise"
     run_dir: Path = Path("outputs/demo")
     seed: int = 0
     # Demonstrations: few clean scripted episodes. Measured: 20 episodes (369 frames) and 800 SFT steps give a
