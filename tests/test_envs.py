@@ -150,3 +150,62 @@ def test_scripted_controller_rejects_bad_values():
         ScriptedPickController(action_noise=-0.1)
     with pytest.raises(ValueError, match="epsilon"):
         ScriptedPickController(epsilon=1.5)
+
+
+def _physics_trace(cfg: PickCubeStateEnvConfig, seeds: list[int]) -> tuple[list[np.ndarray], list[dict]]:
+    """Every step's full MuJoCo state (qpos, qvel, ctrl) under a noisy scripted controller, and each outcome."""
+    env = make_pickcube_env(cfg)
+    data = env.unwrapped._data
+    states: list[np.ndarray] = []
+
+    def record(*_):
+        states.append(np.concatenate([data.qpos, data.qvel, data.ctrl]).copy())
+
+    try:
+        outcomes = [
+            run_scripted_episode(env, ScriptedPickController(action_noise=0.3), seed=s, on_step=record)
+            for s in seeds
+        ]
+    finally:
+        env.close()
+    return states, outcomes
+
+
+def test_fast_controller_is_bit_identical_to_gym_hil():
+    seeds = [0, 1, 2, 5]
+    fast_cfg = PickCubeStateEnvConfig(episode_length=40)
+    stock_cfg = PickCubeStateEnvConfig(episode_length=40, fast_controller=False)
+    fast, fast_outcomes = _physics_trace(fast_cfg, seeds)
+    stock, stock_outcomes = _physics_trace(stock_cfg, seeds)
+    # The episodes grasp, lift and miss: contact and both orientation branches are exercised.
+    assert any(o["success"] for o in stock_outcomes) and not all(o["success"] for o in stock_outcomes)
+    assert fast_outcomes == stock_outcomes
+    assert len(fast) == len(stock) > 100
+    for step, (a, b) in enumerate(zip(fast, stock)):
+        assert np.array_equal(a, b), f"physics state differs at step {step}: max |diff| {np.abs(a - b).max()}"
+
+
+def test_fast_controller_is_installed_only_on_gym_hil_franka_env(monkeypatch):
+    from gym_hil.mujoco_gym_env import FrankaGymEnv
+
+    from lerobot_policy_pi_rl.envs import pickcube
+    from lerobot_policy_pi_rl.envs.opspace import install_fast_opspace
+
+    fast = make_pickcube_env(PickCubeStateEnvConfig())
+    stock = make_pickcube_env(PickCubeStateEnvConfig(fast_controller=False))
+    try:
+        assert "apply_action" in vars(fast.unwrapped) and "apply_action" not in vars(stock.unwrapped)
+
+        base = stock.unwrapped
+        base.__class__ = type("OverridesApplyAction", (type(base),), {"apply_action": FrankaGymEnv.apply_action})
+        assert install_fast_opspace(base)  # the same method object: still gym_hil's loop
+        base.__class__ = type("OwnApplyAction", (type(base),), {"apply_action": lambda self, action: None})
+        del base.apply_action
+        assert not install_fast_opspace(base) and "apply_action" not in vars(base)
+    finally:
+        fast.close()
+        stock.close()
+
+    monkeypatch.setattr(pickcube, "install_fast_opspace", lambda env: False)
+    with pytest.warns(UserWarning, match="fast_controller"):
+        make_pickcube_env(PickCubeStateEnvConfig()).close()
