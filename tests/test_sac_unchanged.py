@@ -220,3 +220,27 @@ def test_plugin_entry_points_run_sac_on_state_only_pickcube(tmp_path, demos):
     result = evaluate_policy(policy, pre, post, num_episodes=2, seed=100_000, num_envs=2, verbose=False)
     assert result["num_episodes"] == 2 and result["deterministic_ode"] is False
     assert all(1 <= e["length"] <= 100 for e in result["episodes"])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_sac_actor_refuses_non_finite_actions(bad):
+    """The SAC actor process turns torch.distributions validation off for speed; `act` checks actions instead."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from lerobot_policy_pi_rl.runtime.sac_actor import SACEnvActor
+
+    def actor_returning(action):
+        actor = SACEnvActor.__new__(SACEnvActor)
+        actor.env_steps = 7
+        actor.preprocessor = SimpleNamespace(process_observation=lambda obs: obs)
+        actor.postprocessor = SimpleNamespace(process_action=lambda a: a)
+        actor.policy = SimpleNamespace(select_action=lambda batch: action)
+        return actor
+
+    obs = {"observation.state": torch.zeros(1, 3)}
+    good = torch.tensor([[0.1, -0.2, 0.3, 1.0]])
+    assert torch.equal(actor_returning(good).act(obs), good)
+    with pytest.raises(ValueError, match="non-finite action .* at env step 7"):
+        actor_returning(torch.tensor([[0.1, bad, 0.3, 1.0]])).act(obs)
