@@ -76,3 +76,27 @@ def test_stages_are_recorded_as_they_run_and_the_report_rebuilds_with_a_later_sa
 def test_report_only_needs_a_run_directory_with_stages(tmp_path):
     with pytest.raises(SystemExit, match="stages.json not found"):
         demo.main(["--report_only", "--run_dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize(
+    ("argv", "updates", "actor_lr"),
+    [
+        (["--variant", "flow_noise"], 180, 3e-6),
+        (["--variant", "flow_sde"], 130, 1e-5),
+        (["--variant", "flow_sde", "--rl_updates", "7", "--actor_lr", "2e-5"], 7, 2e-5),
+    ],
+)
+def test_rl_stage_uses_the_variant_defaults_unless_overridden(tmp_path, monkeypatch, argv, updates, actor_lr):
+    commands = []
+    monkeypatch.setattr(demo, "run_stage", lambda settings, name, argv: commands.append(argv))
+    settings = demo.parse_args([*argv, "--run_dir", str(tmp_path / "run")])
+    demo.pi_rl(settings, tmp_path / "sft")
+    (argv_rl,) = commands
+    assert f"--num_updates={updates}" in argv_rl
+    assert f"--algorithm.actor_lr={actor_lr}" in argv_rl
+
+
+def test_rl_updates_must_be_positive(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--rl_updates", "0", "--run_dir", str(tmp_path / "run")])
+    assert "--rl_updates=0" in capsys.readouterr().err
