@@ -366,3 +366,62 @@ def test_train_launcher_runs_learner_and_actors_to_completion(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "checkpoints" / "last" / "pretrained_model" / "model.safetensors").exists()
     assert "exit codes: learner 0, actors [0, 0]" in proc.stderr
+
+
+def test_actor_stopped_while_waiting_for_the_learner_is_a_stop_not_a_connection_failure(tmp_path):
+    """The launcher SIGTERMs a slow-starting actor once the learner has finished; that actor must not turn a
+    finished run into a failed one. Without a signal, an unreachable learner stays a ConnectionError."""
+    from lerobot_policy_pi_rl.runtime.actor import ActorStopped, build_actor
+    from lerobot_policy_pi_rl.runtime.cli import load_config
+
+    cfg = load_config(tiny_args(free_port(), tmp_path / "run", n_envs=1, reconnect_timeout_s=1))
+    stopped = threading.Event()
+    stopped.set()
+    with pytest.raises(ActorStopped, match="stopped before the learner"):
+        build_actor(cfg, shutdown_event=stopped)
+    with pytest.raises(ConnectionError, match=r"no learner at 127\.0\.0\.1:\d+ after 1"):
+        build_actor(cfg, shutdown_event=threading.Event())
+
+
+class _FakeChild:
+    """Popen stand-in: `poll()` is None until it exits by itself (`exit_after` polls) or gets a signal."""
+
+    def __init__(self, pid, code=None, exit_after=None, code_on_signal=None):
+        self.pid, self.returncode, self._polls = pid, None, 0
+        self._code, self._exit_after, self._code_on_signal = code, exit_after, code_on_signal
+
+    def poll(self):
+        self._polls += 1
+        if self.returncode is None and self._exit_after is not None and self._polls > self._exit_after:
+            self.returncode = self._code
+        return self.returncode
+
+    def send_signal(self, signum):
+        if self.returncode is None:
+            self.returncode = self._code_on_signal if self._code_on_signal is not None else -signum
+
+    def wait(self, timeout=None):
+        return self.returncode
+
+    def kill(self):
+        self.send_signal(9)
+
+
+@pytest.mark.parametrize(
+    "actor_kw, expected",
+    [
+        (dict(code=0, exit_after=0), 0),  # stopped on the final weights by itself
+        (dict(), 0),  # still starting when the learner finished: killed by the launcher's SIGTERM
+        (dict(code_on_signal=0), 0),  # caught the SIGTERM and exited cleanly
+        (dict(code_on_signal=3), 3),  # crashed while being stopped: still a failure
+        (dict(code=1, exit_after=0), 1),  # failed by itself: a failure
+    ],
+)
+def test_launcher_exit_code_after_the_learner_finished(monkeypatch, actor_kw, expected):
+    from lerobot_policy_pi_rl.runtime import train
+
+    monkeypatch.setattr(train, "GRACE_S", 0.05)
+    monkeypatch.setattr(train.time, "sleep", lambda _s: None)
+    learner = _FakeChild(1, code=0, exit_after=0)
+    actors = [_FakeChild(2, code=0, exit_after=0), _FakeChild(3, **actor_kw)]
+    assert train._supervise(learner, actors, {"signal": None}) == expected

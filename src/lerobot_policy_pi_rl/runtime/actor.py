@@ -293,6 +293,11 @@ def start_workers(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event) -> Worke
     return workers
 
 
+class ActorStopped(Exception):
+    """Shutdown was requested (a signal) before the learner answered: a stop, not a connection failure. The
+    launcher's clean-up after a finished learner ends a slow-starting actor this way."""
+
+
 def build_actor(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event=None) -> PiRLActor:
     """Assemble policy (+ algorithm, for versioned weight loading), processors, envs and transport workers."""
     from ..rl.algorithm import PiRLAlgorithm
@@ -312,6 +317,8 @@ def build_actor(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event=None) -> Pi
     streams = make_env_streams(cfg, cfg.n_envs, seed)
     alc = cfg.policy.actor_learner_config
     if not wait_for_learner(alc.learner_host, alc.learner_port, shutdown_event, cfg.reconnect_timeout_s):
+        if shutdown_event.is_set():
+            raise ActorStopped(f"stopped before the learner at {alc.learner_host}:{alc.learner_port} answered")
         raise ConnectionError(f"no learner at {alc.learner_host}:{alc.learner_port} after {cfg.reconnect_timeout_s}s")
     workers = start_workers(cfg, shutdown_event)
     return PiRLActor(cfg, policy, algorithm, preprocessor, postprocessor, streams, workers, shutdown_event)
@@ -329,7 +336,12 @@ def run_actor(cfg: PiRLTrainRLServerPipelineConfig) -> int:
 
     setup_logging(cfg, f"actor{cfg.actor_index}")
     logger.info("[ACTOR] torch threads: %d", apply_torch_threads(cfg))
-    actor = build_actor(cfg)
+    try:
+        actor = build_actor(cfg)
+    except ActorStopped as e:
+        # Same exit code as an actor stopped by a signal mid-run: nothing was collected, nothing is lost.
+        logger.info("[ACTOR] %s: exiting without collecting", e)
+        return 0
     t0 = time.perf_counter()
     try:
         code = actor.run()

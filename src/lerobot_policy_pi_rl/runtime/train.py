@@ -100,9 +100,18 @@ def _supervise(learner: subprocess.Popen, actors: list[subprocess.Popen], stop: 
     deadline = time.monotonic() + GRACE_S
     while any(a.poll() is None for a in actors) and time.monotonic() < deadline:
         time.sleep(0.2)
+    lingering = [a for a in actors if a.poll() is None]
     _stop_all(actors, grace_s=5.0)
     codes = [learner.returncode] + [a.returncode for a in actors]
     logger.info("exit codes: learner %d, actors %s", codes[0], codes[1:])
+    if lingering:
+        # Still starting (or still waiting for the final weights) after the learner finished: the stop was ours,
+        # so dying of that signal is no failure; any other code (a crash while stopping) still is.
+        logger.info("actor pids %s stopped by the launcher after the learner finished",
+                    [a.pid for a in lingering])
+        ours = (0, -signal.SIGTERM, -signal.SIGKILL)
+        codes = [learner.returncode] + [0 if a in lingering and a.returncode in ours else a.returncode
+                                        for a in actors]
     return next((c for c in codes if c != 0), 0)
 
 
