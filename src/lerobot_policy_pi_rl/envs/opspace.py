@@ -70,6 +70,10 @@ class FastOpspace:
     """gym_hil's `opspace(model, data, site_id, dof_ids, pos, ori(quat), joint, gravity_comp=True)`, default gains."""
 
     def __init__(self, model, site_id: int, dof_ids: np.ndarray):
+        import mujoco
+
+        # Bound once: `__call__` runs 50 times per env step.
+        self._mj_jac_site, self._mj_full_m = mujoco.mj_jacSite, mujoco.mj_fullM
         self.model = model
         self.site_id = int(site_id)
         self.dof_ids = np.asarray(dof_ids)
@@ -88,13 +92,11 @@ class FastOpspace:
         self.ix = np.ix_(self.dof_ids, self.dof_ids)
 
     def __call__(self, data, pos: np.ndarray, quat_des: np.ndarray, q_des: np.ndarray) -> np.ndarray:
-        import mujoco
-
         dof, site = self.dof_ids, self.site_id
         q = data.qpos[dof]
         dq = data.qvel[dof]
 
-        mujoco.mj_jacSite(self.model, data, self.jac_v, self.jac_w, site)
+        self._mj_jac_site(self.model, data, self.jac_v, self.jac_w, site)
         jac_v = self.jac_v[:, dof]
         jac_w = self.jac_w[:, dof]
         jac = np.concatenate([jac_v, jac_w], axis=0)
@@ -110,7 +112,7 @@ class FastOpspace:
         dw = np.array(_orientation_error(quat, quat_des.tolist())) * self.neg_kp_ori + (jac_w @ dq) * self.neg_kd_ori
 
         # Inertia in joint space and task space.
-        mujoco.mj_fullM(self.model, self.full_m, data.qM)
+        self._mj_full_m(self.model, self.full_m, data.qM)
         m_inv = np.linalg.inv(self.full_m[self.ix])
         mx_inv = jac @ m_inv @ jac.T
         if abs(np.linalg.det(mx_inv)) >= SINGULAR_DET:
