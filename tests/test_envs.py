@@ -209,3 +209,15 @@ def test_fast_controller_is_installed_only_on_gym_hil_franka_env(monkeypatch):
     monkeypatch.setattr(pickcube, "install_fast_opspace", lambda env: False)
     with pytest.warns(UserWarning, match="fast_controller"):
         make_pickcube_env(PickCubeStateEnvConfig()).close()
+
+
+def test_fast_controller_indexes_consecutive_ids_by_slice_and_others_by_array():
+    from lerobot_policy_pi_rl.envs.opspace import _index
+
+    values = np.arange(10.0) * 1.5
+    assert _index(np.arange(3, 7)) == slice(3, 7)
+    scattered = _index(np.array([0, 2, 3]))
+    assert isinstance(scattered, np.ndarray)
+    # Same values either way: the slice is a view, the array a gather.
+    np.testing.assert_array_equal(values[_index(np.arange(3, 7))], values[np.arange(3, 7)])
+    np.testing.assert_array_equal(values[scattered], values[[0, 2, 3]])

@@ -3,11 +3,13 @@
 gym_hil's `FrankaGymEnv.apply_action` calls `gym_hil.controllers.opspace` once per physics substep (50 per env
 step). That function rebuilds its gain arrays, allocates its Jacobian and inertia buffers and goes through
 numpy scalars for the quaternion maths on every call, and costs more CPU than `mujoco.mj_step` itself; it is most of
-a state-only PickCube step (9.5 ms on one core here; 6.3 ms with `FastOpspace`, `bench/bench_env.py`).
+a state-only PickCube step (9.6 ms on one core here; 5.2 ms with `FastOpspace`, `bench/bench_env.py`).
 
 `FastOpspace` does the same floating-point operations in the same order: gains are computed once (with the same
-expressions), buffers are reused, and the scalar quaternion maths runs on Python floats (IEEE doubles, as numpy
-scalars are). Trajectories are bit-identical to gym_hil's (tested on whole episodes, `tests/test_envs.py`).
+expressions), buffers are reused, the Jacobian is gathered once instead of concatenated, the 7x7 inverse and
+determinant call numpy's LAPACK gufuncs directly (what `np.linalg.inv`/`det` call, without their per-call checks),
+and the scalar quaternion maths runs on Python floats (IEEE doubles, as numpy scalars are). Trajectories are
+bit-identical to gym_hil's (tested on whole episodes, `tests/test_envs.py`).
 `install_fast_opspace(env)` swaps it into one gym_hil env; `PickCubeStateEnvConfig.fast_controller=false` keeps
 gym_hil's own controller.
 """
@@ -66,6 +68,27 @@ def _orientation_error(quat: tuple, quat_des: tuple) -> tuple[float, float, floa
     return angle * (x / sin_half_angle), angle * (y / sin_half_angle), angle * (z / sin_half_angle)
 
 
+def _index(ids: np.ndarray) -> slice | np.ndarray:
+    """A slice when `ids` are consecutive (a view instead of a fancy-index copy: same values), else `ids`."""
+    ids = np.asarray(ids)
+    if ids.ndim == 1 and len(ids) > 0 and np.array_equal(ids, np.arange(ids[0], ids[0] + len(ids))):
+        return slice(int(ids[0]), int(ids[0]) + len(ids))
+    return ids
+
+
+def _linalg_kernels():
+    """`np.linalg.inv` / `det` without their per-call wrapping (dtype checks, an `errstate` context), when numpy
+    exposes the gufuncs both call: the same LAPACK routine on the same input, so the same bits. Falls back to the
+    public functions on a numpy without them."""
+    try:
+        from numpy.linalg import _umath_linalg
+
+        inv, det = _umath_linalg.inv, _umath_linalg.det
+        return (lambda a: inv(a, signature="d->d")), (lambda a: det(a, signature="d->d"))
+    except (ImportError, AttributeError):  # pragma: no cover - other numpy layouts
+        return np.linalg.inv, np.linalg.det
+
+
 class FastOpspace:
     """gym_hil's `opspace(model, data, site_id, dof_ids, pos, ori(quat), joint, gravity_comp=True)`, default gains."""
 
@@ -74,9 +97,11 @@ class FastOpspace:
 
         # Bound once: `__call__` runs 50 times per env step.
         self._mj_jac_site, self._mj_full_m = mujoco.mj_jacSite, mujoco.mj_fullM
+        self._inv, self._det = _linalg_kernels()
         self.model = model
         self.site_id = int(site_id)
         self.dof_ids = np.asarray(dof_ids)
+        self.dof = _index(self.dof_ids)
         n = len(self.dof_ids)
         # The same expressions gym_hil evaluates per call, once.
         kp = np.asarray(POS_GAINS)
@@ -86,45 +111,53 @@ class FastOpspace:
         kp_joint = np.full((n,), NULLSPACE_STIFFNESS)
         self.neg_kp_joint, self.neg_kd_joint = -kp_joint, -(DAMPING_RATIO * 2 * np.sqrt(kp_joint))
         self.eye = np.eye(n)
-        self.jac_v = np.zeros((3, model.nv), dtype=np.float64)
-        self.jac_w = np.zeros((3, model.nv), dtype=np.float64)
+        # mj_jacSite writes the translational (0-2) and rotational (3-5) rows of one buffer, so gym_hil's
+        # `concatenate([jac_v, jac_w])` is a single gather.
+        self.jac_full = np.zeros((6, model.nv), dtype=np.float64)
+        self.jac_v_full, self.jac_w_full = self.jac_full[:3], self.jac_full[3:]
         self.full_m = np.zeros((model.nv, model.nv), dtype=np.float64)
         self.ix = np.ix_(self.dof_ids, self.dof_ids)
+        self.task_error = np.empty(6, dtype=np.float64)
 
     def __call__(self, data, pos: np.ndarray, quat_des: np.ndarray, q_des: np.ndarray) -> np.ndarray:
-        dof, site = self.dof_ids, self.site_id
+        dof, site = self.dof, self.site_id
         q = data.qpos[dof]
         dq = data.qvel[dof]
 
-        self._mj_jac_site(self.model, data, self.jac_v, self.jac_w, site)
-        jac_v = self.jac_v[:, dof]
-        jac_w = self.jac_w[:, dof]
-        jac = np.concatenate([jac_v, jac_w], axis=0)
+        self._mj_jac_site(self.model, data, self.jac_v_full, self.jac_w_full, site)
+        # gym_hil's concatenated Jacobian as one gather. The PD terms use their own copies of the row blocks, as
+        # gym_hil's do: BLAS may sum a matrix-vector product in another order for a view into a larger array
+        # (measured: `jac[:3] @ dq` differs from `jac_v @ dq` in the last bit), and the physics must not.
+        jac = self.jac_full[:, self.dof_ids]
+        jac_v, jac_w = self.jac_v_full[:, self.dof_ids], self.jac_w_full[:, self.dof_ids]
+        jac_t = jac.T
 
-        # Position PD.
-        ddx = (data.site_xpos[site] - pos) * self.neg_kp_pos + (jac_v @ dq) * self.neg_kd_pos
+        # Position PD, into the first half of the task-space error.
+        err = self.task_error
+        err[:3] = (data.site_xpos[site] - pos) * self.neg_kp_pos + (jac_v @ dq) * self.neg_kd_pos
 
         # Orientation PD.
         quat = _mat_to_quat(data.site_xmat[site].tolist())
         # The sign test stays a numpy dot, as gym_hil's (its summation order could differ from Python's).
         if np.array(quat) @ quat_des < 0.0:
             quat = (-quat[0], -quat[1], -quat[2], -quat[3])
-        dw = np.array(_orientation_error(quat, quat_des.tolist())) * self.neg_kp_ori + (jac_w @ dq) * self.neg_kd_ori
+        ori_error = np.array(_orientation_error(quat, quat_des.tolist()))
+        err[3:] = ori_error * self.neg_kp_ori + (jac_w @ dq) * self.neg_kd_ori
 
         # Inertia in joint space and task space.
         self._mj_full_m(self.model, self.full_m, data.qM)
-        m_inv = np.linalg.inv(self.full_m[self.ix])
-        mx_inv = jac @ m_inv @ jac.T
-        if abs(np.linalg.det(mx_inv)) >= SINGULAR_DET:
-            mx = np.linalg.inv(mx_inv)
+        m_inv = self._inv(self.full_m[self.ix])
+        mx_inv = jac @ m_inv @ jac_t
+        if abs(self._det(mx_inv)) >= SINGULAR_DET:
+            mx = self._inv(mx_inv)
         else:
             mx = np.linalg.pinv(mx_inv, rcond=SINGULAR_DET)
 
-        tau = jac.T @ mx @ np.concatenate([ddx, dw], axis=0)
+        tau = jac_t @ mx @ err
         # Joint task in the nullspace.
         ddq = (q - q_des) * self.neg_kp_joint + dq * self.neg_kd_joint
-        jnull = m_inv @ jac.T @ mx
-        tau += (self.eye - jac.T @ jnull.T) @ ddq
+        jnull = m_inv @ jac_t @ mx
+        tau += (self.eye - jac_t @ jnull.T) @ ddq
         tau += data.qfrc_bias[dof]
         return tau
 
@@ -152,7 +185,7 @@ def install_fast_opspace(base_env) -> bool:
 
     ctrl = FastOpspace(base_env._model, base_env._pinch_site_id, base_env._panda_dof_ids)
     model, data = base_env._model, base_env._data
-    arm_ctrl_ids, gripper_id = base_env._panda_ctrl_ids, base_env._gripper_ctrl_id
+    arm_ctrl, gripper_id = _index(base_env._panda_ctrl_ids), base_env._gripper_ctrl_id
     lower, upper = base_env._cartesian_bounds
     home = np.asarray(base_env._home_position)
     n_substeps = base_env._n_substeps
@@ -165,7 +198,7 @@ def install_fast_opspace(base_env) -> bool:
         data.ctrl[gripper_id] = np.clip(g + grasp_command, 0.0, 1.0) * MAX_GRIPPER_COMMAND
         target_pos, target_quat = data.mocap_pos[0], data.mocap_quat[0]
         for _ in range(n_substeps):
-            data.ctrl[arm_ctrl_ids] = ctrl(data, target_pos, target_quat, home)
+            data.ctrl[arm_ctrl] = ctrl(data, target_pos, target_quat, home)
             mujoco.mj_step(model, data)
 
     base_env.apply_action = apply_action
