@@ -35,18 +35,18 @@ VARIANTS = ("flow_sde", "flow_noise")
 # Flow-Noise scores all K steps plus the prior with stds near 0.1, so the same weight change moves its log-prob
 # several times more: at 1e-5 approx_kl was 0.3-0.5 with half the ratios clipped; 3e-6 scales it back.
 ACTOR_LR = {"flow_sde": 1e-5, "flow_noise": 3e-6}
-# PPO updates per variant (~5 s each on 2 cores). Flow-Noise's success kept rising to the end: 93 % and 86 % after
-# 130 updates in two runs (training-episode success 0.85 and 0.80 over the last 10), 92 % and 95 % after 180.
-# Flow-SDE learns faster early (training success ~0.85 from update 40 on; 88 % and 94 % at 130).
+# PPO updates per variant (~4.3 s each on 2 cores). Flow-Noise's success kept rising to the end: 93 % and 86 % after
+# 130 updates in two runs (training-episode success 0.85 and 0.80 over the last 10), 91-95 % in five runs after 180.
+# Flow-SDE learns faster early but plateaus (training success ~0.85-0.89 from update 40 on; 84-94 % at 130).
 RL_UPDATES = {"flow_sde": 130, "flow_noise": 180}
 
 
 @dataclass
 class DemoSettings:
-    """The embedded default recipe. Sized for about 20 minutes on a 2-core CPU (measured 19.0-21.7 min)."""
+    """The embedded default recipe, within 20 minutes on a 2-core CPU (measured 16.1 and 17.1 min for Flow-Noise)."""
 
-    # Flow-Noise: measured 33 % -> 92 % [85, 96] and 95 % [89, 98] here (180 updates), Flow-SDE 44 % -> 88 % [80, 93]
-    # and 94 % [88, 97] (130 updates). The policy's own default stays Flow-SDE (cheaper for VLAs).
+    # Flow-Noise: measured 33 % -> 91-95 % in five runs here (180 updates); Flow-SDE 44 % -> 84 %, 88 % and 94 %
+    # (130 updates). The policy's own default stays Flow-SDE (cheaper for VLAs).
     variant: str = "flow_noise"
     run_dir: Path = Path("outputs/demo")
     seed: int = 0
