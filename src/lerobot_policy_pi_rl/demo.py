@@ -37,7 +37,8 @@ VARIANTS = ("flow_sde", "flow_noise")
 ACTOR_LR = {"flow_sde": 1e-5, "flow_noise": 3e-6}
 # PPO updates per variant (~4.3 s each on 2 cores). Flow-Noise's success kept rising to the end: 93 % and 86 % after
 # 130 updates in two runs (training-episode success 0.85 and 0.80 over the last 10), 91-95 % in five runs after 180.
-# Flow-SDE learns faster early but plateaus (training success ~0.85-0.89 from update 40 on; 84-94 % at 130).
+# Flow-SDE learns faster early but plateaus (training success ~0.85-0.89 from update 40 on; 84-94 % at 130, 88 %
+# at 200).
 RL_UPDATES = {"flow_sde": 130, "flow_noise": 180}
 
 
