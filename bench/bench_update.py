@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from lerobot_policy_pi_rl.configuration_pi_rl import FlowNoiseConfig, FlowSDEConfig  # noqa: E402
 from lerobot_policy_pi_rl.modeling_pi_rl import PiRLPolicy  # noqa: E402
-from lerobot_policy_pi_rl.rl.algorithm import PiRLAlgorithm, PiRLAlgorithmConfig  # noqa: E402
+from lerobot_policy_pi_rl.rl.algorithm import PiRLAlgorithm  # noqa: E402
+from lerobot_policy_pi_rl.rl.config import PiRLAlgorithmConfig  # noqa: E402
 from lerobot_policy_pi_rl.rl.ppo_loss import ppo_policy_loss, value_loss  # noqa: E402
 
 
@@ -64,7 +65,7 @@ def measure(policy: PiRLPolicy, obs: dict, actions: torch.Tensor, repeats: int) 
 
     def ppo_step():
         policy.train()
-        ev = policy.evaluate_chain(obs, sample.chain, sample.step_index, sample.noise_level)
+        ev = policy.evaluate_chain(obs, sample.record)
         pg, _ = ppo_policy_loss(log_prob=ev.log_prob, old_log_prob=sample.log_prob, advantages=advantages,
                                 clip_low=0.2, clip_high=0.2)
         v = value_loss(values=ev.value, old_values=sample.value, returns=returns, clip=0.2, huber_delta=10.0)

@@ -65,9 +65,9 @@ def collect_rollout(policy: PiRLPolicy, *, n: int, version: int, generator: torc
     return Rollout(
         observations=batch,
         next_observations=batch,
-        chain=sample.chain,
-        step_index=sample.step_index,
-        noise_level=sample.noise_level,
+        chain=sample.record.chain,
+        stochastic=sample.record.stochastic,
+        noise_level=sample.record.noise_level,
         log_prob=sample.log_prob,
         value=sample.value,
         reward=reward(obs, sample.action_chunk),

@@ -12,7 +12,8 @@ from bandit import bandit_config, collect_rollout, expected_reward, pretrain_med
 from lerobot.rl.algorithms.configs import RLAlgorithmConfig
 from lerobot_policy_pi_rl.configuration_pi_rl import FlowNoiseConfig, FlowSDEConfig
 from lerobot_policy_pi_rl.modeling_pi_rl import PiRLPolicy
-from lerobot_policy_pi_rl.rl.algorithm import PiRLAlgorithm, PiRLAlgorithmConfig, RatioMismatchError
+from lerobot_policy_pi_rl.rl.algorithm import PiRLAlgorithm, RatioMismatchError
+from lerobot_policy_pi_rl.rl.config import GAEConfig, GRPOConfig, PiRLAlgorithmConfig
 
 
 def build(variant=None, **alg) -> tuple[PiRLPolicy, PiRLAlgorithm]:
@@ -44,21 +45,42 @@ class _Holder:
 
 def test_algorithm_type_parses_from_cli():
     parsed = draccus.parse(
-        _Holder, args=["--algorithm.type=pi_rl", "--algorithm.gamma=0.5", "--algorithm.advantage_estimator=grpo"]
+        _Holder, args=["--algorithm.type=pi_rl", "--algorithm.advantage.type=gae", "--algorithm.advantage.gamma=0.5"]
     )
     assert isinstance(parsed.algorithm, PiRLAlgorithmConfig)
-    assert parsed.algorithm.gamma == 0.5 and parsed.algorithm.advantage_estimator == "grpo"
+    assert isinstance(parsed.algorithm.advantage, GAEConfig) and parsed.algorithm.advantage.gamma == 0.5
+    parsed = draccus.parse(
+        _Holder, args=["--algorithm.type=pi_rl", "--algorithm.advantage.type=grpo", "--algorithm.advantage.group_size=4"]
+    )
+    assert isinstance(parsed.algorithm.advantage, GRPOConfig) and parsed.algorithm.advantage.group_size == 4
+    assert not parsed.algorithm.advantage.uses_critic
+
+
+def test_unknown_advantage_estimator_fails_at_parse_time(capsys):
+    with pytest.raises(SystemExit):
+        draccus.parse(_Holder, args=["--algorithm.type=pi_rl", "--algorithm.advantage.type=vtrace"])
+    assert "invalid choice: 'vtrace' (choose from 'gae', 'grpo')" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("cls", "field", "value", "needle"),
+    [
+        (GAEConfig, "gamma", 1.5, "advantage.gamma=1.5"),
+        (GAEConfig, "gae_lambda", -0.1, "advantage.gae_lambda=-0.1"),
+        (GRPOConfig, "group_size", 1, "advantage.group_size=1"),
+    ],
+)
+def test_invalid_advantage_config_names_the_value(cls, field, value, needle):
+    with pytest.raises(ValueError, match=needle):
+        cls(**{field: value})
 
 
 @pytest.mark.parametrize(
     ("field", "value", "needle"),
     [
-        ("gamma", 1.5, "gamma=1.5"),
-        ("gae_lambda", -0.1, "gae_lambda=-0.1"),
         ("clip_low", 1.0, "clip_low=1.0"),
         ("dual_clip", 0.5, "dual_clip=0.5"),
         ("update_epochs", 0, "update_epochs=0"),
-        ("advantage_estimator", "vtrace", "allowed: gae, grpo"),
         ("behaviour_weight_cap", 0.5, "behaviour_weight_cap=0.5"),
     ],
 )
@@ -114,11 +136,11 @@ def test_state_dict_round_trip_keeps_optimizer_parameter_identity():
 
 
 def test_save_and_from_pretrained(tmp_path):
-    policy, algo = build(gamma=0.9)
+    policy, algo = build(advantage=GAEConfig(gamma=0.9))
     algo.update_rollout(rollout_for(policy, algo))
     algo.save_pretrained(tmp_path)
     restored = PiRLAlgorithm.from_pretrained(tmp_path, policy=policy)
-    assert restored.config.gamma == 0.9 and restored.policy_version == 1 and restored.num_updates == 1
+    assert restored.config.advantage.gamma == 0.9 and restored.policy_version == 1 and restored.num_updates == 1
 
 
 def test_get_weights_excludes_frozen_parameters_and_carries_version():
@@ -222,7 +244,7 @@ def test_interventions_are_masked_out_of_the_ratio():
 
 
 def test_grpo_uses_group_relative_success_and_drops_uniform_groups():
-    policy, algo = build(advantage_estimator="grpo", grpo_group_size=4)
+    policy, algo = build(advantage=GRPOConfig(group_size=4))
     rollout = rollout_for(policy, algo, n=16)
     rollout.group_id = torch.arange(16) // 4
     rollout.success = torch.tensor([1, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0], dtype=torch.bool)

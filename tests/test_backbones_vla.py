@@ -132,8 +132,8 @@ def test_chain_log_prob_gradients_and_value(kind: str, variant: str, checkpoints
     sample = policy.sample_chain(batch, generator=gen(1))
     a_model = backbone.model_action_dim
     assert a_model == 32 and backbone.chunk_size == tv.CHUNK_SIZE
-    assert sample.chain.shape == (BATCH, K + 1, tv.CHUNK_SIZE, a_model)
-    assert sample.chain.dtype == torch.float32
+    assert sample.record.chain.shape == (BATCH, K + 1, tv.CHUNK_SIZE, a_model)
+    assert sample.record.chain.dtype == torch.float32
     assert sample.action_chunk.shape == (BATCH, tv.CHUNK_SIZE, tv.ACTION_DIM)
     assert sample.log_prob.shape == (BATCH,) and sample.log_prob.dtype == torch.float32
     assert sample.value.shape == (BATCH,)
@@ -142,7 +142,7 @@ def test_chain_log_prob_gradients_and_value(kind: str, variant: str, checkpoints
     # Learner side: same weights, same chain -> same log-prob; with gradients.
     policy.train()
     policy.zero_grad(set_to_none=True)
-    evaluation = policy.evaluate_chain(batch, sample.chain, sample.step_index, sample.noise_level)
+    evaluation = policy.evaluate_chain(batch, sample.record)
     assert_log_prob_close(evaluation.log_prob.detach(), sample.log_prob)
     (evaluation.log_prob.sum() + evaluation.value.sum()).backward()
 
@@ -160,7 +160,7 @@ def test_chain_log_prob_gradients_and_value(kind: str, variant: str, checkpoints
     # The value reads the observation only: two different chains, same value; another observation, another value.
     with torch.no_grad():
         other = policy.sample_chain(batch, generator=gen(7))
-        assert not torch.equal(other.chain, sample.chain)
+        assert not torch.equal(other.record.chain, sample.record.chain)
         torch.testing.assert_close(other.value, sample.value, rtol=0, atol=1e-6)
         torch.testing.assert_close(policy.value(batch), sample.value, rtol=0, atol=1e-6)
         assert not torch.allclose(policy.value(model_batch(kind, policy, seed=5)), sample.value)
@@ -203,8 +203,8 @@ def test_bfloat16_smolvla_keeps_float32_log_probs(checkpoints) -> None:
     assert policy.backbone.model.vlm_with_expert.lm_expert.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
     batch = model_batch("smolvla", policy)
     sample = policy.sample_chain(batch, generator=gen(1))
-    assert sample.chain.dtype == torch.float32 and sample.log_prob.dtype == torch.float32
-    evaluation = policy.evaluate_chain(batch, sample.chain, sample.step_index, sample.noise_level)
+    assert sample.record.chain.dtype == torch.float32 and sample.log_prob.dtype == torch.float32
+    evaluation = policy.evaluate_chain(batch, sample.record)
     assert_log_prob_close(evaluation.log_prob.detach(), sample.log_prob)
 
 
@@ -289,7 +289,7 @@ def test_save_load_round_trip_without_the_original_checkpoint(kind: str, checkpo
     torch.testing.assert_close(_deterministic_chunk(loaded, batch, 0), _deterministic_chunk(policy, batch, 0))
     a = policy.sample_chain(batch, generator=gen(2))
     b = loaded.sample_chain(batch, generator=gen(2))
-    torch.testing.assert_close(b.chain, a.chain)
+    torch.testing.assert_close(b.record.chain, a.record.chain)
     torch.testing.assert_close(b.log_prob, a.log_prob)
     torch.testing.assert_close(b.value, a.value)
 

@@ -13,6 +13,7 @@ from lerobot.policies.factory import make_pre_post_processors
 from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_STATE
 
 from lerobot_policy_pi_rl.configuration_pi_rl import PiRLConfig
+from lerobot_policy_pi_rl.exploration import ChainRecord
 from lerobot_policy_pi_rl.modeling_pi_rl import PiRLPolicy
 
 from conftest import ACTION_DIM, ENV_DIM, STATE_DIM, make_dataset_stats, make_flow_mlp_config, make_obs_batch
@@ -34,6 +35,13 @@ def build_policy(name: str = "sde_hybrid", *, seed: int = 0, **overrides) -> PiR
     variant, variant_kwargs = VARIANTS[name]
     torch.manual_seed(seed)
     return PiRLPolicy(make_flow_mlp_config(variant, variant_kwargs=variant_kwargs, **overrides))
+
+
+def sample_fields(sample) -> dict[str, torch.Tensor]:
+    """Every tensor a `ChainSample` carries, by name."""
+    record = sample.record
+    return {"chain": record.chain, "stochastic": record.stochastic, "noise_level": record.noise_level,
+            "log_prob": sample.log_prob, "value": sample.value, "action_chunk": sample.action_chunk}
 
 
 def gen(seed: int) -> torch.Generator:
@@ -60,23 +68,26 @@ def test_sample_chain_shapes(name: str, level: str) -> None:
 
     sample = policy.sample_chain(batch, generator=gen(1))
 
-    assert sample.chain.shape == (5, k + 1, h, a)
-    assert sample.chain.dtype == torch.float32
-    assert torch.equal(sample.action_chunk, sample.chain[:, -1, :, :a])
+    record = sample.record
+    assert record.chain.shape == (5, k + 1, h, a)
+    assert record.chain.dtype == torch.float32
+    assert torch.equal(sample.action_chunk, record.chain[:, -1, :, :a])
     assert sample.log_prob.shape == expected_log_prob_shape(cfg, 5)
     assert sample.log_prob.dtype == torch.float32
     assert torch.isfinite(sample.log_prob).all()
     assert sample.value.shape == (5,)
-    assert sample.step_index.shape == (5,) and sample.step_index.dtype == torch.long
-    assert sample.noise_level.shape == (5,)
-    assert not sample.chain.requires_grad and not sample.log_prob.requires_grad
+    assert record.stochastic.shape == (5, k) and record.stochastic.dtype == torch.bool
+    assert record.noise_level.shape == (5,)
+    assert not record.chain.requires_grad and not sample.log_prob.requires_grad
     if cfg.variant.type == "flow_sde" and cfg.variant.stochastic_steps == "hybrid":
-        assert ((sample.step_index >= 0) & (sample.step_index < k)).all()
-        assert torch.allclose(sample.noise_level, torch.full((5,), cfg.variant.noise_level))
+        assert (record.stochastic.sum(dim=1) == 1).all()
+        if cfg.variant.exclude_last_step:
+            assert not record.stochastic[:, -1].any()
+        assert torch.allclose(record.noise_level, torch.full((5,), cfg.variant.noise_level))
     else:
-        assert (sample.step_index == -1).all()
+        assert record.stochastic.all()
     if cfg.variant.type == "flow_noise":
-        assert (sample.noise_level == 0).all()
+        assert (record.noise_level == 0).all()
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
@@ -88,7 +99,7 @@ def test_log_prob_levels_are_reductions_of_each_other(name: str) -> None:
     per_level = {}
     for level in LEVELS:
         policy.config.log_prob_level = level
-        per_level[level] = policy.evaluate_chain(batch, sample.chain, sample.step_index).log_prob.detach()
+        per_level[level] = policy.evaluate_chain(batch, sample.record).log_prob.detach()
     assert torch.allclose(per_level["action"], per_level["element"].sum(-1), atol=1e-5)
     assert torch.allclose(per_level["chunk"], per_level["element"].sum((1, 2)), atol=1e-5)
     # Only executed elements count: the log-prob over executed elements differs from the whole-chunk one.
@@ -102,7 +113,7 @@ def test_evaluate_chain_reproduces_behaviour_log_prob(name: str, level: str) -> 
     batch = make_obs_batch(6)
     sample = policy.sample_chain(batch, generator=gen(3))
 
-    evaluation = policy.evaluate_chain(batch, sample.chain, sample.step_index, sample.noise_level)
+    evaluation = policy.evaluate_chain(batch, sample.record)
 
     assert evaluation.log_prob.shape == sample.log_prob.shape
     assert evaluation.log_prob.dtype == torch.float32
@@ -129,7 +140,7 @@ def test_evaluate_chain_reproduces_behaviour_log_prob_bit_for_bit(name: str, num
         for bsize, seed in ((1, 0), (4, 1), (8, 2), (33, 3)):
             batch = make_obs_batch(bsize, seed=seed)
             sample = policy.sample_chain(batch, generator=gen(seed))
-            evaluation = policy.evaluate_chain(batch, sample.chain, sample.step_index, sample.noise_level)
+            evaluation = policy.evaluate_chain(batch, sample.record)
             assert torch.equal(evaluation.log_prob.detach(), sample.log_prob), (level, bsize)
             assert (sample.log_prob != 0).all()
 
@@ -139,11 +150,11 @@ def test_changing_weights_changes_log_prob(name: str) -> None:
     policy = build_policy(name)
     batch = make_obs_batch(6)
     sample = policy.sample_chain(batch, generator=gen(4))
-    before = policy.evaluate_chain(batch, sample.chain, sample.step_index, sample.noise_level).log_prob.detach()
+    before = policy.evaluate_chain(batch, sample.record).log_prob.detach()
 
     with torch.no_grad():
         policy.backbone.action_out_proj.bias.add_(0.05)
-    after = policy.evaluate_chain(batch, sample.chain, sample.step_index, sample.noise_level).log_prob.detach()
+    after = policy.evaluate_chain(batch, sample.record).log_prob.detach()
 
     assert (after - before).abs().min() > 1e-4
 
@@ -152,10 +163,10 @@ def test_changing_noise_head_changes_flow_noise_log_prob() -> None:
     policy = build_policy("noise_sum")
     batch = make_obs_batch(6)
     sample = policy.sample_chain(batch, generator=gen(5))
-    before = policy.evaluate_chain(batch, sample.chain, sample.step_index).log_prob.detach()
+    before = policy.evaluate_chain(batch, sample.record).log_prob.detach()
     with torch.no_grad():
         policy.noise_head.mlp[-1].bias.add_(0.3)
-    after = policy.evaluate_chain(batch, sample.chain, sample.step_index).log_prob.detach()
+    after = policy.evaluate_chain(batch, sample.record).log_prob.detach()
     assert (after - before).abs().min() > 1e-4
 
 
@@ -165,8 +176,9 @@ def test_evaluate_chain_uses_the_recorded_noise_level() -> None:
     batch = make_obs_batch(4)
     sample = policy.sample_chain(batch, generator=gen(6))
     policy.set_noise_level(0.2)
-    recorded = policy.evaluate_chain(batch, sample.chain, sample.step_index, sample.noise_level).log_prob
-    current = policy.evaluate_chain(batch, sample.chain, sample.step_index).log_prob
+    recorded = policy.evaluate_chain(batch, sample.record).log_prob
+    at_current_level = ChainRecord(sample.record.chain, sample.record.stochastic, torch.full((4,), 0.2))
+    current = policy.evaluate_chain(batch, at_current_level).log_prob
     assert torch.allclose(recorded, sample.log_prob, atol=1e-4)
     assert not torch.allclose(current, sample.log_prob, atol=1e-2)
 
@@ -175,10 +187,15 @@ def test_evaluate_chain_rejects_bad_shapes_and_indices() -> None:
     policy = build_policy("sde_hybrid")
     batch = make_obs_batch(3)
     sample = policy.sample_chain(batch, generator=gen(7))
+    record = sample.record
     with pytest.raises(ValueError, match="chain has shape"):
-        policy.evaluate_chain(batch, sample.chain[:, :-1], sample.step_index)
-    with pytest.raises(ValueError, match="step_index"):
-        policy.evaluate_chain(batch, sample.chain, torch.full((3,), policy.config.num_denoise_steps))
+        policy.evaluate_chain(batch, ChainRecord(record.chain[:, :, :-1], record.stochastic, record.noise_level))
+    with pytest.raises(ValueError, match="stochastic must be"):
+        ChainRecord(record.chain, record.stochastic[:, :-1], record.noise_level)
+    two_steps = record.stochastic.clone()
+    two_steps[:, :2] = True
+    with pytest.raises(ValueError, match="one stochastic step each"):
+        policy.evaluate_chain(batch, ChainRecord(record.chain, two_steps, record.noise_level))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -191,7 +208,7 @@ def test_gradients_reach_actor_noise_head_and_value_head(name: str) -> None:
     policy = build_policy(name)
     batch = make_obs_batch(6)
     sample = policy.sample_chain(batch, generator=gen(8))
-    evaluation = policy.evaluate_chain(batch, sample.chain, sample.step_index, sample.noise_level)
+    evaluation = policy.evaluate_chain(batch, sample.record)
     loss = -evaluation.log_prob.mean() + evaluation.value.square().mean() - 0.01 * evaluation.entropy.mean()
     loss.backward()
 
@@ -232,9 +249,9 @@ def test_value_is_independent_of_the_chain(name: str) -> None:
     batch = make_obs_batch(5)
     first = policy.sample_chain(batch, generator=gen(9))
     second = policy.sample_chain(batch, generator=gen(10))
-    assert not torch.allclose(first.chain, second.chain)
-    v1 = policy.evaluate_chain(batch, first.chain, first.step_index).value
-    v2 = policy.evaluate_chain(batch, second.chain, second.step_index).value
+    assert not torch.allclose(first.record.chain, second.record.chain)
+    v1 = policy.evaluate_chain(batch, first.record).value
+    v2 = policy.evaluate_chain(batch, second.record).value
     assert torch.equal(v1, v2)
     assert torch.allclose(policy.value(batch), v1)
     assert torch.allclose(first.value, second.value)
@@ -262,7 +279,7 @@ def test_hybrid_step_indices_are_uniform(exclude_last: bool) -> None:
     policy = build_policy("sde_exclude_last" if exclude_last else "sde_hybrid")
     k = policy.config.num_denoise_steps
     sample = policy.sample_chain(make_obs_batch(4000, seed=3), generator=gen(11))
-    counts = torch.bincount(sample.step_index, minlength=k).float()
+    counts = sample.record.stochastic.sum(dim=0).float()
     support = k - 1 if exclude_last else k
     if exclude_last:
         assert counts[k - 1] == 0, "exclude_last_step drew the last step"
@@ -280,10 +297,10 @@ def test_hybrid_chain_is_ode_except_at_the_stochastic_step() -> None:
     with torch.no_grad():
         ctx = policy.backbone.encode(batch)
         for i in range(k):
-            x = sample.chain[:, i]
+            x = sample.record.chain[:, i]
             v, _ = policy.backbone.velocity(ctx, x, times[i].expand(8))
-            euler_gap = (sample.chain[:, i + 1] - (x - dt * v)).abs().amax(dim=(1, 2))
-            is_sde = sample.step_index == i
+            euler_gap = (sample.record.chain[:, i + 1] - (x - dt * v)).abs().amax(dim=(1, 2))
+            is_sde = sample.record.stochastic[:, i]
             assert (euler_gap[~is_sde] == 0).all()  # ODE steps are the Euler step bit for bit
             assert (euler_gap[is_sde] > 1e-3).all()
 
@@ -317,23 +334,23 @@ def test_annealed_noise_level_is_used_and_never_aliased(name: str) -> None:
     policy = build_policy(name)
     batch = make_obs_batch(4)
     first = policy.sample_chain(batch, generator=gen(20))
-    recorded = first.noise_level.clone()
+    recorded = first.record.noise_level.clone()
     policy.set_noise_level(0.2)
-    assert torch.equal(first.noise_level, recorded)  # the earlier sample's level did not follow the buffer
+    assert torch.equal(first.record.noise_level, recorded)  # the earlier sample's level did not follow the buffer
     second = policy.sample_chain(batch, generator=gen(20))
-    assert torch.equal(second.noise_level, torch.full((4,), 0.2))
+    assert torch.equal(second.record.noise_level, torch.full((4,), 0.2))
     fresh = build_policy(name)
     fresh.set_noise_level(0.2)  # a policy that never saw level 0.5: what the second sample must equal
     expected = fresh.sample_chain(batch, generator=gen(20))
-    for field in ("chain", "log_prob", "step_index", "noise_level"):
-        assert torch.equal(getattr(second, field), getattr(expected, field)), field
-    assert not torch.equal(second.chain, first.chain)
+    for field, value in sample_fields(second).items():
+        assert torch.equal(value, sample_fields(expected)[field]), field
+    assert not torch.equal(second.record.chain, first.record.chain)
     # a level written straight into the buffer (e.g. by load_state_dict) is picked up too
     policy.load_state_dict({**policy.state_dict(), "sde_noise_level": torch.tensor(0.5)})
     third = policy.sample_chain(batch, generator=gen(20))
-    assert torch.equal(third.chain, first.chain) and torch.equal(third.noise_level, recorded)
+    assert torch.equal(third.record.chain, first.record.chain) and torch.equal(third.record.noise_level, recorded)
     for sample in (first, second):  # and each sample re-scores exactly under its own recorded level
-        evaluation = policy.evaluate_chain(batch, sample.chain, sample.step_index, sample.noise_level)
+        evaluation = policy.evaluate_chain(batch, sample.record)
         assert torch.equal(evaluation.log_prob.detach(), sample.log_prob)
 
 
@@ -484,8 +501,8 @@ def test_save_and_load_round_trip(name: str, tmp_path) -> None:
 
     batch = make_obs_batch(4)
     a, b = policy.sample_chain(batch, generator=gen(17)), loaded.sample_chain(batch, generator=gen(17))
-    for field in ("chain", "log_prob", "value", "step_index", "noise_level"):
-        assert torch.equal(getattr(a, field), getattr(b, field)), field
+    for field, value in sample_fields(a).items():
+        assert torch.equal(value, sample_fields(b)[field]), field
     torch.manual_seed(1)
     chunk_a = policy.predict_action_chunk(batch)
     torch.manual_seed(1)

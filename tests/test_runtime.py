@@ -54,7 +54,8 @@ def make_chunk(stream: int = 0, index: int = 0, *, reward: float = 1.0, log_prob
     nxt = {k: torch.randn_like(v) for k, v in obs.items()}
     return chunk_to_transition(
         observation=obs, next_observation=nxt, executed_actions=torch.randn(executed, A), reward=reward,
-        terminated=terminated, truncated=truncated, chain=torch.randn(1, K + 1, H, A), step_index=torch.tensor([1]),
+        terminated=terminated, truncated=truncated, chain=torch.randn(1, K + 1, H, A),
+        stochastic=torch.nn.functional.one_hot(torch.tensor(1), K).bool(),
         noise_level=torch.tensor([0.5]), log_prob=torch.tensor([log_prob]), value=torch.tensor([0.25]),
         policy_version=version, learner_session=session, stream_id=stream, chunk_index=index, success=terminated,
         group_id=-1, is_intervention=False,
@@ -77,7 +78,8 @@ def test_chunk_transitions_round_trip_through_transport_into_rollout():
     assert rollout.chain.shape == (4, K + 1, H, A) and rollout.chain.dtype == torch.float32
     assert rollout.observations["observation.state"].shape == (4, 18)
     assert rollout.next_observations["observation.environment_state"].shape == (4, 3)
-    assert rollout.step_index.dtype == torch.long and rollout.step_index.tolist() == [1, 1, 1, 1]
+    assert rollout.stochastic.dtype == torch.bool and rollout.stochastic.shape == (4, K)
+    assert rollout.stochastic.float().argmax(dim=1).tolist() == [1, 1, 1, 1]
     assert rollout.log_prob.shape == (4,) and rollout.value.shape == (4,)
     assert rollout.terminated.tolist() == [False, False, True, False]
     assert rollout.stream_id.tolist() == [0, 1, 0, 1]

@@ -24,7 +24,7 @@ from .configuration_pi_rl import (
     ValueHeadConfig,
     VariantConfig,
 )
-from .rl.algorithm import PiRLAlgorithmConfig
+from .rl.config import AdvantageConfig, PiRLAlgorithmConfig
 
 # Fields inherited from LeRobot's PreTrainedConfig / RLAlgorithmConfig are documented upstream.
 _UPSTREAM_POLICY_FIELDS = {
@@ -126,6 +126,11 @@ def generate() -> str:
         "Algorithm: `--algorithm.type=pi_rl`", PiRLAlgorithmConfig.__doc__.strip().splitlines()[0],
         PiRLAlgorithmConfig, "algorithm.", {"policy_config"},
     )
+    for name, cls in sorted(AdvantageConfig.get_known_choices().items()):
+        lines += _table(
+            f"Advantage `--algorithm.advantage.type={name}`", cls.__doc__.strip().splitlines()[0], cls,
+            "algorithm.advantage.",
+        )
     try:
         from .runtime.config import PiRLTrainRLServerPipelineConfig
     except ImportError:  # runtime not installed in this build

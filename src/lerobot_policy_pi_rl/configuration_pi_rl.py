@@ -24,14 +24,7 @@ from lerobot.policies.gaussian_actor.configuration_gaussian_actor import (
 )
 from lerobot.utils.constants import ACTION, OBS_STATE
 
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
-
-
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    _require(value in allowed, f"{name}={value!r} is not valid; allowed: {', '.join(allowed)}")
+from .validation import check_choice, require
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -69,17 +62,17 @@ class FlowSDEConfig(VariantConfig):
     exclude_last_step: bool = False
 
     def __post_init__(self) -> None:
-        _require(self.noise_level >= 0, f"variant.noise_level={self.noise_level} must be >= 0")
+        require(self.noise_level >= 0, f"variant.noise_level={self.noise_level} must be >= 0")
         if self.noise_level_final is not None:
-            _require(
+            require(
                 self.noise_level_final >= 0,
                 f"variant.noise_level_final={self.noise_level_final} must be >= 0",
             )
-        _require(
+        require(
             self.noise_anneal_updates >= 0,
             f"variant.noise_anneal_updates={self.noise_anneal_updates} must be >= 0",
         )
-        _check_choice("variant.stochastic_steps", self.stochastic_steps, FLOW_SDE_STOCHASTIC_STEPS)
+        check_choice("variant.stochastic_steps", self.stochastic_steps, FLOW_SDE_STOCHASTIC_STEPS)
 
     def noise_level_at(self, update: int) -> float:
         """Noise level `a` after `update` policy updates (linear annealing when configured)."""
@@ -108,16 +101,16 @@ class FlowNoiseConfig(VariantConfig):
     log_prob_reduction: str = "sum"
 
     def __post_init__(self) -> None:
-        _require(self.min_std > 0, f"variant.min_std={self.min_std} must be > 0")
-        _require(
+        require(self.min_std > 0, f"variant.min_std={self.min_std} must be > 0")
+        require(
             self.min_std < self.max_std,
             f"variant.min_std={self.min_std} must be < variant.max_std={self.max_std}",
         )
-        _require(
+        require(
             all(h > 0 for h in self.noise_head_hidden_dims),
             f"variant.noise_head_hidden_dims={self.noise_head_hidden_dims} must be positive",
         )
-        _check_choice("variant.log_prob_reduction", self.log_prob_reduction, FLOW_NOISE_REDUCTIONS)
+        check_choice("variant.log_prob_reduction", self.log_prob_reduction, FLOW_NOISE_REDUCTIONS)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -158,7 +151,7 @@ class FlowMLPBackboneConfig(BackboneConfig):
     def __post_init__(self) -> None:
         for name in ("hidden_dim", "num_layers", "token_dim", "time_embed_dim"):
             value = getattr(self, name)
-            _require(value >= 1, f"backbone.{name}={value} must be >= 1")
+            require(value >= 1, f"backbone.{name}={value} must be >= 1")
 
 
 VALUE_FEATURE_SOURCES = ("auto", "observation", "prefix", "action_expert")
@@ -186,10 +179,10 @@ class VLABackboneConfig(BackboneConfig):
         return True
 
     def __post_init__(self) -> None:
-        _check_choice("backbone.dtype", self.dtype, ("float32", "bfloat16"))
+        check_choice("backbone.dtype", self.dtype, ("float32", "bfloat16"))
         if self.upstream_config is not None:
             upstream_type = self.upstream_config.get("type")
-            _require(
+            require(
                 upstream_type == self.type,
                 f"backbone.upstream_config has type={upstream_type!r}, expected {self.type!r}",
             )
@@ -230,8 +223,8 @@ class ValueHeadConfig:
     detach_features: bool = True
 
     def __post_init__(self) -> None:
-        _check_choice("value_head.feature_source", self.feature_source, VALUE_FEATURE_SOURCES)
-        _require(
+        check_choice("value_head.feature_source", self.feature_source, VALUE_FEATURE_SOURCES)
+        require(
             all(h > 0 for h in self.hidden_dims),
             f"value_head.hidden_dims={self.hidden_dims} must be positive",
         )
@@ -314,23 +307,23 @@ class PiRLConfig(PreTrainedConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(
+        require(
             isinstance(self.variant, VariantConfig),
             f"policy.variant={self.variant!r} must be one of {sorted(VariantConfig.get_known_choices())}",
         )
-        _require(
+        require(
             isinstance(self.backbone, BackboneConfig),
             f"policy.backbone={self.backbone!r} must be one of {sorted(BackboneConfig.get_known_choices())}",
         )
-        _require(self.num_denoise_steps >= 1, f"num_denoise_steps={self.num_denoise_steps} must be >= 1")
-        _require(self.chunk_size >= 1, f"chunk_size={self.chunk_size} must be >= 1")
-        _require(
+        require(self.num_denoise_steps >= 1, f"num_denoise_steps={self.num_denoise_steps} must be >= 1")
+        require(self.chunk_size >= 1, f"chunk_size={self.chunk_size} must be >= 1")
+        require(
             1 <= self.n_action_steps <= self.chunk_size,
             f"n_action_steps={self.n_action_steps} must be in [1, chunk_size={self.chunk_size}]",
         )
-        _check_choice("log_prob_level", self.log_prob_level, LOG_PROB_LEVELS)
+        check_choice("log_prob_level", self.log_prob_level, LOG_PROB_LEVELS)
         if isinstance(self.variant, FlowSDEConfig) and self.variant.exclude_last_step:
-            _require(
+            require(
                 self.num_denoise_steps >= 2,
                 f"variant.exclude_last_step=true needs num_denoise_steps >= 2, got {self.num_denoise_steps}",
             )
@@ -341,7 +334,7 @@ class PiRLConfig(PreTrainedConfig):
                 "pi0": ("prefix", "action_expert"),
                 "pi05": ("prefix", "action_expert"),
             }.get(self.backbone.type, VALUE_FEATURE_SOURCES)
-            _check_choice(
+            check_choice(
                 f"value_head.feature_source (backbone {self.backbone.type})",
                 self.value_head.feature_source,
                 tuple(allowed) + ("auto",),

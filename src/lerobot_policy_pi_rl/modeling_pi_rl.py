@@ -1,9 +1,9 @@
 """`PiRLPolicy`: a flow-matching policy whose denoising chain can be sampled stochastically and scored.
 
 Two verbs serve RL:
-  * `sample_chain(batch)`   actor side, no grad: executed actions, the chain x_{t_0..t_K}, stochastic step
-                            indices, behaviour log-prob, value.
-  * `evaluate_chain(...)`   learner side, with grad: log-prob of a recorded chain, entropy, value.
+  * `sample_chain(batch)`          actor side, no grad: the action chunk, the `ChainRecord` (chain x_{t_0..t_K},
+                                   which steps were stochastic, noise level), behaviour log-prob, value.
+  * `evaluate_chain(batch, record)` learner side, with grad: log-prob of a recorded chain, entropy, value.
 Deployment (`select_action`, `predict_action_chunk`) integrates the plain ODE; the noise head is not used.
 
 Time convention: t = 1 noise, t = 0 action. Chains and log-probs live in the backbone's normalized (and, for
@@ -23,6 +23,7 @@ from lerobot.utils.constants import ACTION
 
 from .backbones import FlowBackbone, make_backbone
 from .configuration_pi_rl import FlowNoiseConfig, FlowSDEConfig, PiRLConfig
+from .exploration import ChainRecord
 from .flow import (
     chain_log_prob,
     chain_step_log_probs,
@@ -43,16 +44,12 @@ from .heads import NoiseHead, ValueHead
 
 @dataclass
 class ChainSample:
-    """What the actor records for one decision (all float32 except `step_index`)."""
+    """What the actor records for one decision."""
 
     #: Full predicted chunk `[B, H, A_env]` in normalized action space (the chain's last element, unpadded).
     action_chunk: Tensor
-    #: Denoising chain `[B, K+1, H, A_model]`, x_{t_0} = noise first, x_{t_K} = action last.
-    chain: Tensor
-    #: Hybrid Flow-SDE: the stochastic step j per sample `[B]`; -1 when every step is stochastic.
-    step_index: Tensor
-    #: Flow-SDE noise level used for each sample `[B]` (0 for Flow-Noise).
-    noise_level: Tensor
+    #: What the learner needs to score the chain again (chain, stochastic steps, noise level).
+    record: ChainRecord
     #: Behaviour log-prob at `config.log_prob_level`: `[B]`, `[B, C]` or `[B, C, A_env]`.
     log_prob: Tensor
     #: V(o) `[B]`.
@@ -242,7 +239,6 @@ class PiRLPolicy(PreTrainedPolicy):
         noise = self._initial_noise(bsize, generator)
         device = noise.device
         stochastic = torch.ones(bsize, self.num_steps, dtype=torch.bool, device=device)
-        step_index = torch.full((bsize,), -1, dtype=torch.long, device=device)
         noise_level = torch.zeros(bsize, device=device)
         chain, step_log_probs, _ = sample_chain(
             self._step_fn(context, noise_level),
@@ -254,9 +250,7 @@ class PiRLPolicy(PreTrainedPolicy):
         element_lp = self._element_log_prob(step_log_probs, chain)
         return ChainSample(
             action_chunk=chain[:, -1, :, : self.config.action_dim],
-            chain=chain,
-            step_index=step_index,
-            noise_level=noise_level,
+            record=ChainRecord(chain, stochastic, noise_level),
             log_prob=self._reduce(element_lp),
             value=self._value(context),
         )
@@ -288,7 +282,6 @@ class PiRLPolicy(PreTrainedPolicy):
             # One draw serves every step: each sample has a non-zero std at its step j only.
             eps = (torch.randn(noise.shape, generator=generator, device=device, dtype=torch.float32),) * k
         else:
-            step_index = torch.full((bsize,), -1, dtype=torch.long, device=device)
             rows = plan.table  # [1, 5K, 1, 1], the same for every sample
             eps = torch.randn((bsize, k, *noise.shape[1:]), generator=generator, device=device).unbind(1)
         cols = rows.unbind(1)  # each [B or 1, 1, 1]
@@ -303,14 +296,15 @@ class PiRLPolicy(PreTrainedPolicy):
         )
         if hybrid:
             element_lp = one_step_chain_log_prob(chain, means, safe_std=cols[3 * k], log_normalizer=cols[3 * k + 1])
+            stochastic = torch.nn.functional.one_hot(step_index, k).bool()
         else:
+            stochastic = torch.ones(bsize, k, dtype=torch.bool, device=device)
             scale_terms = {"safe_std": rows[:, 3 * k : 4 * k], "log_normalizer": rows[:, 4 * k :]}  # [1, K, 1, 1]
             element_lp = chain_log_prob(linear_chain_log_probs(chain, means, **scale_terms), reduction="sum")
+        noise_level = torch.full((bsize,), level, dtype=torch.float32, device=device)
         return ChainSample(
             action_chunk=chain[:, -1, :, : self.config.action_dim],
-            chain=chain,
-            step_index=step_index,
-            noise_level=torch.full((bsize,), level, dtype=torch.float32, device=device),
+            record=ChainRecord(chain, stochastic, noise_level),
             log_prob=self._reduce(element_lp),
             value=self._value(context),
         )
@@ -342,21 +336,14 @@ class PiRLPolicy(PreTrainedPolicy):
             return chain_log_prob(step_log_probs, initial_noise=chain[:, 0], reduction=variant.log_prob_reduction)
         return chain_log_prob(step_log_probs, reduction="sum")
 
-    def evaluate_chain(
-        self,
-        batch: dict[str, Tensor],
-        chain: Tensor,
-        step_index: Tensor,
-        noise_level: Tensor | None = None,
-    ) -> ChainEvaluation:
+    def evaluate_chain(self, batch: dict[str, Tensor], record: ChainRecord) -> ChainEvaluation:
         """Score recorded chains under the current weights, with gradients.
 
         Args:
             batch: preprocessed observations the chains were sampled for.
-            chain: `[B, K+1, H, A_model]` as returned by `sample_chain`.
-            step_index: `[B]` hybrid SDE step per sample (-1: all steps stochastic).
-            noise_level: `[B]` Flow-SDE noise level each chain was sampled with (default: the current one).
+            record: the `ChainRecord` of `sample_chain` (its noise level is the one each chain was sampled with).
         """
+        chain = record.chain
         expected = (self.num_steps + 1, self.backbone.chunk_size, self.backbone.model_action_dim)
         if tuple(chain.shape[1:]) != expected:
             raise ValueError(f"chain has shape {tuple(chain.shape)}, expected [B, {', '.join(map(str, expected))}]")
@@ -364,23 +351,25 @@ class PiRLPolicy(PreTrainedPolicy):
         bsize = chain.shape[0]
         chain = chain.float()
         device = chain.device
-        if noise_level is None or not isinstance(self.config.variant, FlowSDEConfig):
-            level = self.sde_noise_level if isinstance(self.config.variant, FlowSDEConfig) else torch.tensor(0.0)
-            noise_level = level.float().expand(bsize).to(device)
-        step_fn = self._step_fn(context, noise_level.float().to(device))
+        stochastic = record.stochastic.to(device)
+        variant = self.config.variant
+        if isinstance(variant, FlowSDEConfig):
+            noise_level = record.noise_level.float().to(device)
+        else:
+            noise_level = torch.zeros(bsize, device=device)
+        step_fn = self._step_fn(context, noise_level)
         times = self._times(device)
-        step_index = step_index.to(device).long()
-        hybrid = bool((step_index >= 0).any())
-        if hybrid:
-            if bool((step_index < 0).any()) or int(step_index.max()) >= self.num_steps:
-                raise ValueError(f"step_index must be all in [0, {self.num_steps}) or all -1; got {step_index.tolist()}")
+        if isinstance(variant, FlowSDEConfig) and variant.stochastic_steps == "hybrid":
+            counts = stochastic.sum(dim=1)
+            if bool((counts != 1).any()):
+                raise ValueError(f"hybrid Flow-SDE chains have one stochastic step each; got counts {counts.tolist()}")
+            step_index = stochastic.float().argmax(dim=1)
             rows = torch.arange(bsize, device=device)
             on = torch.ones(bsize, dtype=torch.bool, device=device)
             tr = score_transition(step_fn, chain[rows, step_index], chain[rows, step_index + 1], times[step_index], on)
             element_lp, stds = tr.log_prob, tr.std.unsqueeze(1)
         else:
-            on = torch.ones(bsize, self.num_steps, dtype=torch.bool, device=device)
-            tr = chain_step_log_probs(step_fn, chain, times=times, stochastic=on)
+            tr = chain_step_log_probs(step_fn, chain, times=times, stochastic=stochastic)
             element_lp, stds = self._element_log_prob(tr.log_prob, chain), tr.std
         stochastic_elems = stds > 0
         return ChainEvaluation(

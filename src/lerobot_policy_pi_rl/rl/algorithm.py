@@ -5,7 +5,7 @@ One `update_rollout` is one PPO update, read as the algorithm:
     [ratio guard on the first minibatch]  ->  update_epochs x shuffled minibatches of
     (evaluate chain -> clipped surrogate + clipped Huber value loss - entropy bonus -> finite? -> clip -> step)
     ->  policy_version += 1, anneal the Flow-SDE noise level.
-Formulas: ALGORITHM.md §6. Log-probs, ratios and advantages are float32 throughout.
+Formulas: docs/concepts.md. Log-probs, ratios and advantages are float32 throughout.
 """
 
 from __future__ import annotations
@@ -13,18 +13,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lerobot.configs import PreTrainedConfig
 from lerobot.rl.algorithms.base import RLAlgorithm
-from lerobot.rl.algorithms.configs import RLAlgorithmConfig, TrainingStats
+from lerobot.rl.algorithms.configs import TrainingStats
 
-from ..configuration_pi_rl import FlowNoiseConfig, FlowSDEConfig, PiRLConfig, _require
+from ..configuration_pi_rl import FlowNoiseConfig, FlowSDEConfig
+from .config import GRPOConfig, PiRLAlgorithmConfig
 from .gae import stream_gae
 from .grpo import grpo_advantages, normalize_advantages
 from .ppo_loss import explained_variance, ppo_policy_loss, value_loss
@@ -32,125 +31,9 @@ from .rollout import Rollout
 
 logger = logging.getLogger(__name__)
 
-ADVANTAGE_ESTIMATORS = ("gae", "grpo")
-
 
 class RatioMismatchError(RuntimeError):
     """The learner scores recorded chains differently from how the actor sampled them."""
-
-
-@RLAlgorithmConfig.register_subclass("pi_rl")
-@dataclass
-class PiRLAlgorithmConfig(RLAlgorithmConfig):
-    """PPO (or GRPO) on chunk steps for `pi_rl` policies. CLI: `--algorithm.type=pi_rl`."""
-
-    # Discount per chunk step (the RL step is the executed chunk).
-    gamma: float = 0.99
-    # GAE lambda (1 = Monte Carlo returns, 0 = one-step TD).
-    gae_lambda: float = 0.95
-    # Lower PPO clip: ratios below 1 - clip_low are clipped.
-    clip_low: float = 0.2
-    # Upper PPO clip: ratios above 1 + clip_high are clipped.
-    clip_high: float = 0.2
-    # Dual-clip bound c > 1 for negative advantages (reference 3.0); null disables it.
-    dual_clip: float | None = None
-    # Value clipping around the behaviour value (reference 0.2); null disables it.
-    value_clip: float | None = 0.2
-    # Huber delta of the value loss (reference 10).
-    huber_delta: float = 10.0
-    # Weight c_v of the value loss.
-    value_coef: float = 1.0
-    # Weight beta_H of the entropy bonus (Flow-Noise only: Flow-SDE's std does not depend on the weights).
-    entropy_coef: float = 0.005
-    # Learning rate of the trained backbone part (flow_mlp: all of it; VLAs: the action expert). VLA reference
-    # values are 5e-6 to 1e-5.
-    actor_lr: float = 1e-4
-    # Learning rate of the value head (VLA reference 1e-4).
-    critic_lr: float = 1e-3
-    # Learning rate of the Flow-Noise head; null uses actor_lr (the reference trains it with the actor).
-    noise_head_lr: float | None = None
-    # AdamW betas (reference 0.9, 0.95).
-    adam_betas: tuple[float, float] = (0.9, 0.95)
-    # AdamW weight decay of every RL optimizer.
-    weight_decay: float = 0.0
-    # First updates during which only the value head trains (the actor waits for a critic that is not random;
-    # advantages from a random critic first push the policy the wrong way). The policy version does not move.
-    critic_warmup_updates: int = 0
-    # Passes over each rollout (reference 1-5).
-    update_epochs: int = 4
-    # Rows (chunk steps) per minibatch.
-    minibatch_size: int = 64
-    # Gradient-norm clip applied per parameter group (actor, noise_head, critic).
-    max_grad_norm: float = 1.0
-    # Stop the epochs of an update early once the mean approx KL of an epoch exceeds this; null disables it.
-    target_kl: float | None = None
-    # Normalize advantages over the rows used (mean 0, std 1; std + 1e-5).
-    normalize_advantages: bool = True
-    # Chunk steps (rows) the learner collects per update.
-    rollout_chunks: int = 256
-    # Rows produced by a policy more than this many versions older than the current one are dropped.
-    staleness: int = 2
-    # Stale-but-kept rows are reweighted by pi_prox / pi_behaviour, capped at this value (decoupled PPO).
-    behaviour_weight_cap: float = 5.0
-    # Mask rows where a human intervened out of the PPO ratio (their actions are not the policy's).
-    mask_interventions: bool = True
-    # `gae` (PPO with a critic) or `grpo` (critic-free, episode success normalized within groups).
-    advantage_estimator: str = "gae"
-    # GRPO: episodes per group (same initial state).
-    grpo_group_size: int = 8
-    # GRPO: drop groups whose episodes are all successes or all failures (zero advantage).
-    grpo_drop_uniform_groups: bool = True
-    # First-minibatch guard: max |log ratio| tolerated on rows from the current version before failing loudly.
-    ratio_check_tolerance: float = 1e-3
-    # Filled by `from_policy_config` / the runtime; not a CLI field users normally set.
-    policy_config: PreTrainedConfig | None = None
-
-    def __post_init__(self) -> None:
-        _require(0 < self.gamma <= 1, f"algorithm.gamma={self.gamma} must be in (0, 1]")
-        _require(0 <= self.gae_lambda <= 1, f"algorithm.gae_lambda={self.gae_lambda} must be in [0, 1]")
-        _require(0 < self.clip_low < 1, f"algorithm.clip_low={self.clip_low} must be in (0, 1)")
-        _require(self.clip_high > 0, f"algorithm.clip_high={self.clip_high} must be > 0")
-        if self.dual_clip is not None:
-            _require(self.dual_clip > 1, f"algorithm.dual_clip={self.dual_clip} must be > 1 (or null)")
-        if self.value_clip is not None:
-            _require(self.value_clip > 0, f"algorithm.value_clip={self.value_clip} must be > 0 (or null)")
-        _require(self.huber_delta > 0, f"algorithm.huber_delta={self.huber_delta} must be > 0")
-        _require(self.value_coef >= 0, f"algorithm.value_coef={self.value_coef} must be >= 0")
-        _require(self.entropy_coef >= 0, f"algorithm.entropy_coef={self.entropy_coef} must be >= 0")
-        for name in ("actor_lr", "critic_lr"):
-            _require(getattr(self, name) > 0, f"algorithm.{name}={getattr(self, name)} must be > 0")
-        if self.noise_head_lr is not None:
-            _require(self.noise_head_lr > 0, f"algorithm.noise_head_lr={self.noise_head_lr} must be > 0")
-        _require(
-            self.critic_warmup_updates >= 0,
-            f"algorithm.critic_warmup_updates={self.critic_warmup_updates} must be >= 0",
-        )
-        _require(self.update_epochs >= 1, f"algorithm.update_epochs={self.update_epochs} must be >= 1")
-        _require(self.minibatch_size >= 1, f"algorithm.minibatch_size={self.minibatch_size} must be >= 1")
-        _require(self.max_grad_norm > 0, f"algorithm.max_grad_norm={self.max_grad_norm} must be > 0")
-        if self.target_kl is not None:
-            _require(self.target_kl > 0, f"algorithm.target_kl={self.target_kl} must be > 0 (or null)")
-        _require(self.rollout_chunks >= 1, f"algorithm.rollout_chunks={self.rollout_chunks} must be >= 1")
-        _require(self.staleness >= 0, f"algorithm.staleness={self.staleness} must be >= 0")
-        _require(
-            self.behaviour_weight_cap >= 1,
-            f"algorithm.behaviour_weight_cap={self.behaviour_weight_cap} must be >= 1",
-        )
-        _require(
-            self.advantage_estimator in ADVANTAGE_ESTIMATORS,
-            f"algorithm.advantage_estimator={self.advantage_estimator!r} is not valid; allowed: gae, grpo",
-        )
-        _require(self.grpo_group_size >= 2, f"algorithm.grpo_group_size={self.grpo_group_size} must be >= 2")
-        _require(
-            self.ratio_check_tolerance > 0,
-            f"algorithm.ratio_check_tolerance={self.ratio_check_tolerance} must be > 0",
-        )
-
-    @classmethod
-    def from_policy_config(cls, policy_cfg: Any) -> PiRLAlgorithmConfig:
-        if not isinstance(policy_cfg, PiRLConfig):
-            raise TypeError(f"the pi_rl algorithm needs a pi_rl policy config, got {type(policy_cfg).__name__}")
-        return cls(policy_config=policy_cfg)
 
 
 def _finite(*tensors: Tensor) -> bool:
@@ -335,21 +218,23 @@ class PiRLAlgorithm(RLAlgorithm):
 
     def _advantages(self, rollout: Rollout) -> tuple[Tensor, Tensor, Tensor]:
         """Advantages, returns and the mask of rows that carry a usable advantage."""
-        if self.config.advantage_estimator == "gae":
-            advantages, returns = stream_gae(
-                rewards=rollout.reward.float(),
-                values=rollout.value.float(),
-                next_values=self._bootstrap_next_values(rollout),
-                terminated=rollout.terminated,
-                truncated=rollout.truncated,
-                stream_id=rollout.stream_id,
-                gamma=self.config.gamma,
-                lam=self.config.gae_lambda,
-            )
-            return advantages.float(), returns.float(), torch.ones(len(rollout), dtype=torch.bool, device=advantages.device)
-        return self._grpo_advantages(rollout)
+        estimator = self.config.advantage
+        if isinstance(estimator, GRPOConfig):
+            return self._grpo_advantages(rollout, estimator)
+        advantages, returns = stream_gae(
+            rewards=rollout.reward.float(),
+            values=rollout.value.float(),
+            next_values=self._bootstrap_next_values(rollout),
+            terminated=rollout.terminated,
+            truncated=rollout.truncated,
+            stream_id=rollout.stream_id,
+            gamma=estimator.gamma,
+            lam=estimator.gae_lambda,
+        )
+        keep = torch.ones(len(rollout), dtype=torch.bool, device=advantages.device)
+        return advantages.float(), returns.float(), keep
 
-    def _grpo_advantages(self, rollout: Rollout) -> tuple[Tensor, Tensor, Tensor]:
+    def _grpo_advantages(self, rollout: Rollout, estimator: GRPOConfig) -> tuple[Tensor, Tensor, Tensor]:
         """Episode success normalized within groups of episodes that started from the same state."""
         n = len(rollout)
         device = rollout.reward.device
@@ -372,7 +257,7 @@ class PiRLAlgorithm(RLAlgorithm):
             ep_adv, ep_keep = grpo_advantages(
                 scores=torch.tensor(scores, device=device),
                 group_ids=torch.tensor(groups, device=device),
-                drop_uniform_groups=self.config.grpo_drop_uniform_groups,
+                drop_uniform_groups=estimator.drop_uniform_groups,
             )
             has_ep = episode >= 0
             advantages[has_ep] = ep_adv[episode[has_ep]].float()
@@ -400,7 +285,7 @@ class PiRLAlgorithm(RLAlgorithm):
 
     def _evaluate(self, rollout: Rollout, rows: Tensor):
         obs = {k: v[rows] for k, v in rollout.observations.items()}
-        return self.policy.evaluate_chain(obs, rollout.chain[rows], rollout.step_index[rows], rollout.noise_level[rows])
+        return self.policy.evaluate_chain(obs, rollout.chain_record(rows))
 
     def _ppo_epochs(
         self,
@@ -415,7 +300,7 @@ class PiRLAlgorithm(RLAlgorithm):
         cfg = self.config
         n = len(rollout)
         use_entropy = isinstance(self.policy.config.variant, FlowNoiseConfig) and cfg.entropy_coef > 0
-        use_critic = cfg.advantage_estimator == "gae" and cfg.value_coef > 0
+        use_critic = cfg.advantage.uses_critic and cfg.value_coef > 0
         warmup = use_critic and self._num_updates < cfg.critic_warmup_updates
         stepped = {"critic"} if warmup else set(self.optimizers)
         sums: dict[str, float] = {}

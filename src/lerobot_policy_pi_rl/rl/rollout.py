@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
+from ..exploration import ChainRecord
+
 
 @dataclass
 class Rollout:
@@ -21,8 +23,8 @@ class Rollout:
     next_observations: dict[str, Tensor]
     #: Denoising chains `[N, K+1, H, A_model]` float32.
     chain: Tensor
-    #: Hybrid Flow-SDE step `[N]` long (-1: every step stochastic).
-    step_index: Tensor
+    #: Which denoise transitions were sampled stochastically `[N, K]` bool (see `ChainRecord`).
+    stochastic: Tensor
     #: Flow-SDE noise level each chain was sampled with `[N]` (0 for Flow-Noise).
     noise_level: Tensor
     #: Behaviour log-prob at the policy's `log_prob_level`: `[N]`, `[N, C]` or `[N, C, A_env]` float32.
@@ -59,6 +61,10 @@ class Rollout:
 
     def __len__(self) -> int:
         return int(self.reward.shape[0])
+
+    def chain_record(self, rows: Tensor) -> ChainRecord:
+        """The recorded chains of rows `rows`, as `PiRLPolicy.evaluate_chain` scores them."""
+        return ChainRecord(self.chain[rows], self.stochastic[rows], self.noise_level[rows])
 
     @property
     def done(self) -> Tensor:

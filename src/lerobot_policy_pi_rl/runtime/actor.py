@@ -32,7 +32,7 @@ from lerobot.transport.utils import bytes_to_state_dict, python_object_to_bytes
 from lerobot.utils.process import ProcessSignalHandler
 from lerobot.utils.random_utils import set_seed
 
-from .config import PiRLTrainRLServerPipelineConfig, apply_torch_threads
+from .config import PiRLTrainRLServerPipelineConfig, apply_torch_threads, policy_dataset_stats
 from .env_streams import StepResult, make_env_streams
 from .transitions import STREAM_STRIDE, chunk_to_transition
 from .transport import LEARNER_SESSION_KEY, TRAINING_DONE_KEY, new_client, wait_for_learner
@@ -192,9 +192,9 @@ class PiRLActor:
                     reward=out.reward,
                     terminated=out.terminated,
                     truncated=out.truncated and not out.terminated,
-                    chain=sample.chain[i],
-                    step_index=sample.step_index[i],
-                    noise_level=sample.noise_level[i],
+                    chain=sample.record.chain[i],
+                    stochastic=sample.record.stochastic[i],
+                    noise_level=sample.record.noise_level[i],
                     log_prob=sample.log_prob[i],
                     value=sample.value[i],
                     policy_version=self.algorithm.policy_version,
@@ -312,7 +312,7 @@ def build_actor(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event=None) -> Pi
     preprocessor, postprocessor = make_pre_post_processors(
         policy_cfg=cfg.policy,
         pretrained_path=str(cfg.policy.pretrained_path) if cfg.policy.pretrained_path else None,
-        dataset_stats=_dataset_stats(cfg),
+        dataset_stats=policy_dataset_stats(cfg),
     )
     streams = make_env_streams(cfg, cfg.n_envs, seed)
     alc = cfg.policy.actor_learner_config
@@ -324,15 +324,8 @@ def build_actor(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event=None) -> Pi
     return PiRLActor(cfg, policy, algorithm, preprocessor, postprocessor, streams, workers, shutdown_event)
 
 
-def _dataset_stats(cfg) -> dict | None:
-    stats = cfg.policy.dataset_stats
-    if stats is None:
-        return None
-    return {k: {s: torch.as_tensor(v) for s, v in d.items()} for k, d in stats.items()}
-
-
 def run_actor(cfg: PiRLTrainRLServerPipelineConfig) -> int:
-    from .learner import setup_logging
+    from .console import setup_logging
 
     setup_logging(cfg, f"actor{cfg.actor_index}")
     logger.info("[ACTOR] torch threads: %d", apply_torch_threads(cfg))

@@ -14,16 +14,10 @@ def register_plugin() -> None:
 
     LeRobot's `lerobot.rl.*` entry points do not call `register_third_party_plugins()`, so ours do it by import.
     """
-    import lerobot_policy_pi_rl  # noqa: F401  (policy type pi_rl)
-    import lerobot_policy_pi_rl.rl.algorithm  # noqa: F401  (algorithm type pi_rl)
+    import lerobot_policy_pi_rl  # noqa: F401  (policy pi_rl, algorithm pi_rl, env pi_rl_pickcube)
 
     # Robot and teleoperator types (so101_follower, ...) register when LeRobot's gym_manipulator is imported.
     importlib.import_module("lerobot.rl.gym_manipulator")
-    try:
-        importlib.import_module("lerobot_policy_pi_rl.envs.pickcube")  # env type pi_rl_pickcube
-    except ModuleNotFoundError as err:
-        if "lerobot_policy_pi_rl.envs" not in str(err):
-            raise
 
 
 def load_config(argv: list[str] | None = None) -> PiRLTrainRLServerPipelineConfig:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import draccus
+import torch
 
 from lerobot.configs import parser
 from lerobot.configs.policies import PreTrainedConfig
@@ -28,13 +29,9 @@ from lerobot.rl.algorithms.factory import make_algorithm_config
 from lerobot.rl.train_rl import TrainRLServerPipelineConfig
 
 from ..configuration_pi_rl import PiRLConfig
+from ..validation import require
 
 ALGORITHMS = ("pi_rl", "sac")
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
 
 
 @dataclass(kw_only=True)
@@ -66,34 +63,34 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
             overrides = parser.get_yaml_overrides("policy") + (parser.get_cli_overrides("policy") or [])
             self.policy = PreTrainedConfig.from_pretrained(policy_path, cli_overrides=overrides)
             self.policy.pretrained_path = Path(policy_path)
-        _require(self.policy is not None, "policy is not set: pass --policy.type=pi_rl (or --policy.path=<dir>)")
-        _require(self.env is not None, "env is not set: pass --env.type=... (e.g. pi_rl_pickcube, gym_manipulator)")
+        require(self.policy is not None, "policy is not set: pass --policy.type=pi_rl (or --policy.path=<dir>)")
+        require(self.env is not None, "env is not set: pass --env.type=... (e.g. pi_rl_pickcube, gym_manipulator)")
         if self.algorithm is None:
             self.algorithm = make_algorithm_config("pi_rl" if isinstance(self.policy, PiRLConfig) else "sac")
-        _require(
+        require(
             self.algorithm.type in ALGORITHMS,
             f"algorithm.type={self.algorithm.type!r} is not supported; allowed: {', '.join(ALGORITHMS)}",
         )
         if self.algorithm.type == "pi_rl":
-            _require(
+            require(
                 isinstance(self.policy, PiRLConfig),
                 f"algorithm.type=pi_rl needs policy.type=pi_rl, got policy.type={self.policy.type!r}",
             )
         if getattr(self.algorithm, "policy_config", None) is None:
             self.algorithm.policy_config = self.policy
         for name in ("num_updates", "n_envs", "num_actors", "console_log_every_updates"):
-            _require(getattr(self, name) >= 1, f"{name}={getattr(self, name)} must be >= 1")
+            require(getattr(self, name) >= 1, f"{name}={getattr(self, name)} must be >= 1")
         for name in ("checkpoint_every_updates", "actor_max_chunks", "actor_index", "torch_threads"):
-            _require(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
-        _require(
+            require(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
+        require(
             self.actor_index < self.num_actors,
             f"actor_index={self.actor_index} must be < num_actors={self.num_actors}",
         )
-        _require(self.reconnect_timeout_s > 0, f"reconnect_timeout_s={self.reconnect_timeout_s} must be > 0")
+        require(self.reconnect_timeout_s > 0, f"reconnect_timeout_s={self.reconnect_timeout_s} must be > 0")
         if self.env.type == "gym_manipulator":
-            _require(self.n_envs == 1, f"n_envs={self.n_envs}: env.type=gym_manipulator drives one robot, use 1")
+            require(self.n_envs == 1, f"n_envs={self.n_envs}: env.type=gym_manipulator drives one robot, use 1")
         port = self.policy.actor_learner_config.learner_port
-        _require(0 < port < 65536, f"policy.actor_learner_config.learner_port={port} must be in 1..65535")
+        require(0 < port < 65536, f"policy.actor_learner_config.learner_port={port} must be in 1..65535")
 
         if not self.job_name:
             self.job_name = f"{self.env.type}_{self.policy.type}"
@@ -132,6 +129,14 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
     def _save_pretrained(self, save_directory: Path) -> None:
         with open(Path(save_directory) / TRAIN_CONFIG_NAME, "w") as f:
             json.dump(self.to_dict(), f, indent=4)
+
+
+def policy_dataset_stats(cfg) -> dict[str, dict[str, torch.Tensor]] | None:
+    """`policy.dataset_stats` (JSON lists) as the tensors LeRobot's processors take; None when unset."""
+    stats = cfg.policy.dataset_stats
+    if stats is None:
+        return None
+    return {k: {s: torch.as_tensor(v) for s, v in d.items()} for k, d in stats.items()}
 
 
 def apply_torch_threads(cfg: PiRLTrainRLServerPipelineConfig) -> int:

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import sys
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty
 from typing import Any
@@ -46,7 +44,9 @@ from lerobot.utils.process import ProcessSignalHandler
 from lerobot.utils.random_utils import load_rng_state, set_seed
 from lerobot.utils.transition import Transition
 
-from .config import PiRLTrainRLServerPipelineConfig, apply_torch_threads
+from .config import PiRLTrainRLServerPipelineConfig, apply_torch_threads, policy_dataset_stats
+from .console import setup_logging
+from .metrics import EpisodeWindow
 from .transitions import (
     LEARNER_SESSION,
     NUM_EXECUTED,
@@ -90,33 +90,6 @@ class Counters:
     interaction_steps: int = 0
     chunks_received: int = 0
     episodes: int = 0
-
-
-@dataclass
-class EpisodeWindow:
-    """Recent episode summaries from the actors' interaction messages (console and W&B)."""
-
-    returns: deque = field(default_factory=lambda: deque(maxlen=100))
-    successes: deque = field(default_factory=lambda: deque(maxlen=100))
-    lengths: deque = field(default_factory=lambda: deque(maxlen=100))
-    interventions: deque = field(default_factory=lambda: deque(maxlen=100))
-
-    def add(self, message: dict) -> None:
-        self.returns.append(float(message.get("Episodic reward", 0.0)))
-        self.successes.append(float(message.get("Success", 0.0)))
-        self.lengths.append(float(message.get("Episode length", 0.0)))
-        self.interventions.append(float(message.get("Intervention rate", 0.0)))
-
-    def as_log_dict(self) -> dict[str, float]:
-        def mean(d: deque) -> float:
-            return sum(d) / len(d) if d else float("nan")
-
-        return {
-            "rollout/episode_return": mean(self.returns),
-            "rollout/success_rate": mean(self.successes),
-            "rollout/episode_length": mean(self.lengths),
-            "rollout/intervention_rate": mean(self.interventions),
-        }
 
 
 class PiRLLearner:
@@ -386,7 +359,7 @@ def build_learner(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event=None) -> 
     preprocessor, postprocessor = make_pre_post_processors(
         policy_cfg=cfg.policy,
         pretrained_path=str(cfg.policy.pretrained_path) if cfg.policy.pretrained_path else None,
-        dataset_stats=_dataset_stats(cfg),
+        dataset_stats=policy_dataset_stats(cfg),
     )
     learner = PiRLLearner(cfg, policy, algorithm, preprocessor, postprocessor, None, shutdown_event)
     if cfg.resume:
@@ -397,13 +370,6 @@ def build_learner(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event=None) -> 
         learner.wandb = WandBLogger(cfg)
     learner.transport = build_transport(cfg, shutdown_event)
     return learner
-
-
-def _dataset_stats(cfg) -> dict | None:
-    stats = cfg.policy.dataset_stats
-    if stats is None:
-        return None
-    return {k: {s: torch.as_tensor(v) for s, v in d.items()} for k, d in stats.items()}
 
 
 def build_transport(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event) -> Transport:
@@ -428,14 +394,6 @@ def guard_output_dir(cfg: PiRLTrainRLServerPipelineConfig) -> None:
     last = Path(cfg.output_dir) / CHECKPOINTS_DIR / LAST_CHECKPOINT_LINK
     if not cfg.resume and last.exists():
         raise FileExistsError(f"{last} exists: pass --resume=true to continue that run, or another --output_dir")
-
-
-def setup_logging(cfg, role: str) -> None:
-    from lerobot.utils.utils import init_logging
-
-    log_dir = Path(cfg.output_dir) / "logs"
-    os.makedirs(log_dir, exist_ok=True)
-    init_logging(log_file=str(log_dir / f"{role}_{cfg.job_name}.log"))
 
 
 def run_learner(cfg: PiRLTrainRLServerPipelineConfig) -> int:

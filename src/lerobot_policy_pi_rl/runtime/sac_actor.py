@@ -40,7 +40,8 @@ from lerobot.utils.transition import Transition
 
 from .actor import Workers, start_workers
 from .env_streams import make_env_streams
-from .learner import EpisodeWindow, setup_logging
+from .console import setup_logging
+from .metrics import EpisodeWindow
 from .transport import wait_for_learner
 
 logger = logging.getLogger("lerobot_policy_pi_rl.sac_actor")

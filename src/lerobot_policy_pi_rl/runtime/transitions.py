@@ -13,7 +13,7 @@ so everything here is a tensor (or a plain number). A PI-RL chunk transition is:
     truncated          time limit
     complementary_info (keys below, all tensors):
         pi_rl.chain            [K+1, H, A_model] float32  denoising chain, x_{t_0} = noise first
-        pi_rl.step_index       []  long     hybrid Flow-SDE step (-1: every step stochastic)
+        pi_rl.stochastic       [K] bool     which denoise transitions were sampled stochastically
         pi_rl.noise_level      []  float32  Flow-SDE noise level the chain was sampled with
         pi_rl.log_prob         [] | [C] | [C, A_env] float32  behaviour log-prob at the policy's log_prob_level
         pi_rl.value            []  float32  behaviour V(o)
@@ -46,7 +46,7 @@ from ..rl.rollout import Rollout
 
 PREFIX = "pi_rl."
 CHAIN = PREFIX + "chain"
-STEP_INDEX = PREFIX + "step_index"
+STOCHASTIC = PREFIX + "stochastic"
 NOISE_LEVEL = PREFIX + "noise_level"
 LOG_PROB = PREFIX + "log_prob"
 VALUE = PREFIX + "value"
@@ -62,7 +62,7 @@ IS_INTERVENTION = TeleopEvents.IS_INTERVENTION.value  # "is_intervention"
 
 REQUIRED_KEYS = (
     CHAIN,
-    STEP_INDEX,
+    STOCHASTIC,
     NOISE_LEVEL,
     LOG_PROB,
     VALUE,
@@ -125,7 +125,7 @@ def chunk_to_transition(
     terminated: bool,
     truncated: bool,
     chain: Tensor,
-    step_index: Tensor | int,
+    stochastic: Tensor,
     noise_level: Tensor | float,
     log_prob: Tensor,
     value: Tensor | float,
@@ -154,7 +154,7 @@ def chunk_to_transition(
         executed_actions = executed_actions.unsqueeze(0)
     info = {
         CHAIN: chain.detach().to("cpu", torch.float32).contiguous(),
-        STEP_INDEX: _scalar(torch.as_tensor(step_index).reshape(-1)[0], torch.long),
+        STOCHASTIC: torch.as_tensor(stochastic, dtype=torch.bool).detach().cpu().reshape(-1).contiguous(),
         NOISE_LEVEL: _scalar(torch.as_tensor(noise_level, dtype=torch.float32).reshape(-1)[0], torch.float32),
         LOG_PROB: log_prob.contiguous(),
         VALUE: _scalar(torch.as_tensor(value, dtype=torch.float32).reshape(-1)[0], torch.float32),
@@ -260,7 +260,7 @@ def transitions_to_rollout(transitions: list[Transition], counts: DropCounts | N
         observations=stack_obs("state"),
         next_observations=stack_obs("next_state"),
         chain=stack(CHAIN, torch.float32),
-        step_index=stack(STEP_INDEX, torch.long),
+        stochastic=stack(STOCHASTIC, torch.bool),
         noise_level=stack(NOISE_LEVEL, torch.float32),
         log_prob=stack(LOG_PROB, torch.float32),
         value=stack(VALUE, torch.float32),
