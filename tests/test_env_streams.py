@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from lerobot.configs.types import FeatureType
@@ -103,3 +104,66 @@ def test_execute_chunk_stops_at_done_and_flags_the_chunk_intervened():
     assert out.intervention and out.terminated and out.success and out.reward == 3.0
     assert float(out.next_observation["observation.state"][0]) == 3.0
     assert actor.env_steps == 3 and actor.episode[0].intervention_steps == 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# LeRobot's multi-task sims (MetaWorld through `lerobot[metaworld]`): every task trained, time limits enforced
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _metaworld_cfg(task: str):
+    from lerobot.envs.configs import MetaworldEnv
+
+    env_cfg = MetaworldEnv(task=task)
+    policy_cfg = PiRLConfig(
+        device="cpu",
+        input_features={"observation.state": env_cfg.features["agent_pos"],
+                        "observation.image": env_cfg.features["pixels/top"]},
+        output_features={"action": env_cfg.features["action"]},
+    )
+    return SimpleNamespace(env=env_cfg, policy=policy_cfg)
+
+
+def test_multi_task_suite_spreads_envs_over_every_task_with_its_instruction():
+    pytest.importorskip("metaworld")
+    cfg = _metaworld_cfg("push-v3,drawer-open-v3")
+    streams = env_streams.make_lerobot_sim_streams(cfg, 4, seed=0)
+    try:
+        assert [s.task_name for s in streams] == ["push-v3/0", "push-v3/0", "drawer-open-v3/0", "drawer-open-v3/0"]
+        tasks = [s.task for s in streams]
+        assert tasks[0] == tasks[1] != tasks[2] == tasks[3]
+        assert all(t and "push-v3" not in t for t in tasks)  # the language instruction, not the task id
+        assert len({s.seed for s in streams}) == 4
+        assert all(s.max_episode_steps == 500 for s in streams)  # MetaWorld's own limit, read from the env
+    finally:
+        for s in streams:
+            s.close()
+
+
+def test_envs_that_cannot_be_spread_evenly_are_refused_with_the_numbers():
+    pytest.importorskip("metaworld")
+    with pytest.raises(ValueError, match=r"n_envs=3 cannot be spread evenly over the 2 tasks .*multiple of 2"):
+        env_streams.make_lerobot_sim_streams(_metaworld_cfg("push-v3,drawer-open-v3"), 3, seed=0)
+
+
+def test_lerobot_sim_stream_truncates_at_its_time_limit():
+    """LeRobot's MetaWorld env never truncates by itself: the stream cuts the episode at its limit, as a
+    truncation (bootstrapped), and the count restarts with the next episode."""
+    pytest.importorskip("metaworld")
+    (stream,) = env_streams.make_lerobot_sim_streams(_metaworld_cfg("push-v3"), 1, seed=0)
+    try:
+        stream.max_episode_steps = 3  # the mechanism, at a length a test can afford (real limit: 500)
+        for _episode in range(2):
+            stream.reset()
+            results = [stream.step(torch.zeros(4)) for _ in range(3)]
+            assert [r.truncated for r in results] == [False, False, True]
+            assert not any(r.terminated for r in results)
+    finally:
+        stream.close()
+
+
+def test_episode_limit_falls_back_to_the_env_config():
+    env = SimpleNamespace()
+    assert env_streams.episode_limit(env, SimpleNamespace(episode_length=7)) == 7
+    assert env_streams.episode_limit(SimpleNamespace(_max_episode_steps=11), SimpleNamespace(episode_length=7)) == 11
+    assert env_streams.episode_limit(env, SimpleNamespace()) is None

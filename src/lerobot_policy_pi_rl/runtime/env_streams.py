@@ -4,12 +4,19 @@ A chunk ends early at a done, and envs of one actor finish chunks at different s
 individually (never a lock-stepped vector env, whose autoreset would run the rest of an old chunk in a new
 episode). Three sources:
   * `pi_rl_pickcube`: this package's state-only PickCube (`make_pickcube_env`);
-  * any other LeRobot `EnvConfig` sim: `lerobot.envs.make_env(cfg, n_envs)` (a SyncVectorEnv, whose sub-envs
-    are stepped one by one), observations through `preprocess_observation` and the env's own processors,
-    the task string from the env (`task_description`);
+  * any other LeRobot `EnvConfig` sim: `lerobot.envs.make_env(cfg, n_envs)`, which returns one SyncVectorEnv per
+    `(suite, task_id)` (a multi-task suite such as `libero_spatial` or `push-v3,drawer-open-v3` gives several);
+    the actor's `n_envs` are spread evenly over all of them and their sub-envs are stepped one by one,
+    observations through `preprocess_observation` and the env's own processors, the language task string from
+    each env (`task_description`);
   * `gym_manipulator` (gym_hil or a real robot with teleop): LeRobot's `make_robot_env` + `make_processors`,
     stepped with `step_env_and_process_transition`, which reports human interventions.
 Observations come out as LeRobot-keyed tensor dicts (no batch dim required) plus a `task` string.
+
+Time limits: every stream counts its steps and truncates the episode at its limit (the env's
+`_max_episode_steps`, else the `EnvConfig`'s `episode_length`), so a time-out is reported as `truncated` (and
+bootstrapped by the learner) even where the env itself never truncates (LeRobot's LIBERO and MetaWorld envs leave
+that to `lerobot-eval`).
 """
 
 from __future__ import annotations
@@ -45,13 +52,23 @@ def _to_tensors(obs: dict) -> dict[str, Any]:
 
 
 class GymStream:
-    """One gymnasium env whose observations are already LeRobot-keyed (PickCube with `lerobot_keys=True`)."""
+    """One gymnasium env whose observations are already LeRobot-keyed (PickCube with `lerobot_keys=True`).
 
-    def __init__(self, env, task: str | None, seed: int):
+    `task` is the language instruction the policy reads; `task_name` the short label rollout statistics are
+    grouped by (one per `(suite, task_id)` of a multi-task suite).
+    """
+
+    def __init__(self, env, task: str | None, seed: int, *, max_episode_steps: int | None = None,
+                 task_name: str | None = None):
         self.env = env
         self.task = task or getattr(env, "task_description", None) or ""
+        self.task_name = task_name or self.task
         self.seed = seed
+        if max_episode_steps is not None and max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps={max_episode_steps} must be >= 1")
+        self.max_episode_steps = max_episode_steps
         self._episode = 0
+        self._steps = 0
         low, high = getattr(env.action_space, "low", None), getattr(env.action_space, "high", None)
         self._low = None if low is None else torch.as_tensor(low, dtype=torch.float32)
         self._high = None if high is None else torch.as_tensor(high, dtype=torch.float32)
@@ -62,6 +79,7 @@ class GymStream:
     def reset(self) -> dict[str, Any]:
         raw, _ = self.env.reset(seed=self.seed + 100_003 * self._episode)
         self._episode += 1
+        self._steps = 0
         return self.observe(raw)
 
     def clip(self, action: Tensor) -> Tensor:
@@ -72,8 +90,12 @@ class GymStream:
     def step(self, action: Tensor) -> StepResult:
         action = self.clip(action.float().cpu())
         raw, reward, terminated, truncated, info = self.env.step(action.numpy())
-        return StepResult(self.observe(raw), float(reward), bool(terminated), bool(truncated), _success(info), False,
-                          action, info)
+        self._steps += 1
+        terminated = bool(terminated)
+        # A time-out is a truncation, never a termination: the learner bootstraps it from V(final observation).
+        out_of_time = self.max_episode_steps is not None and self._steps >= self.max_episode_steps
+        truncated = (bool(truncated) or out_of_time) and not terminated
+        return StepResult(self.observe(raw), float(reward), terminated, truncated, _success(info), False, action, info)
 
     def close(self) -> None:
         self.env.close()
@@ -82,10 +104,12 @@ class GymStream:
 class LeRobotSimStream(GymStream):
     """A sub-env of LeRobot's `make_env` vector env: raw sim observations -> LeRobot keys (+ env processors)."""
 
-    def __init__(self, env, seed: int, env_preprocessor, env_postprocessor, fallback_task: str | None = None):
+    def __init__(self, env, seed: int, env_preprocessor, env_postprocessor, fallback_task: str | None = None, *,
+                 max_episode_steps: int | None = None, task_name: str | None = None):
         # The language task comes from the env (LeRobot sims expose `task_description`); `EnvConfig.task` is a
         # suite or gym id (`libero_10`, `PandaPickCube-v0`) and only a last resort.
-        super().__init__(env, _task_of(env) or fallback_task, seed)
+        super().__init__(env, _task_of(env) or fallback_task, seed, max_episode_steps=max_episode_steps,
+                         task_name=task_name)
         self.env_preprocessor = env_preprocessor
         self.env_postprocessor = env_postprocessor
 
@@ -180,15 +204,61 @@ def make_env_streams(cfg, n_envs: int, seed: int) -> list:
     return make_lerobot_sim_streams(cfg, n_envs, seed)
 
 
-def make_lerobot_sim_streams(cfg, n_envs: int, seed: int) -> list:
-    """Streams over the sub-envs of LeRobot's `make_env` vector env (libero, metaworld, ... any `EnvConfig`)."""
+def episode_limit(env, env_cfg) -> int | None:
+    """Steps after which an episode of `env` is cut: the env's own `_max_episode_steps` (or its spec's), else the
+    `EnvConfig`'s `episode_length`; None when neither exists."""
+    for obj in (env, getattr(env, "unwrapped", None)):
+        limit = getattr(obj, "_max_episode_steps", None)
+        if isinstance(limit, int) and limit > 0:
+            return limit
+    spec = getattr(env, "spec", None)
+    if spec is not None and getattr(spec, "max_episode_steps", None):
+        return int(spec.max_episode_steps)
+    limit = getattr(env_cfg, "episode_length", None)
+    return int(limit) if limit else None
+
+
+def _build_suites(env_cfg, per_task: int) -> list[tuple[str, int, Any]]:
+    """`make_env` flattened to `[(suite, task_id, vec_env)]`, in LeRobot's order."""
     from lerobot.envs import make_env
+
+    suites = make_env(env_cfg, n_envs=per_task, use_async_envs=False)
+    return [(suite, task_id, vec) for suite, by_id in suites.items() for task_id, vec in by_id.items()]
+
+
+def make_lerobot_sim_streams(cfg, n_envs: int, seed: int) -> list:
+    """Streams over every `(suite, task_id)` of LeRobot's `make_env` (libero, metaworld, ... any `EnvConfig`),
+    `n_envs` spread evenly over the tasks, each stream with its task's language instruction and time limit."""
     from lerobot.envs.factory import make_env_pre_post_processors
 
     env_cfg = cfg.env
-    suites = make_env(env_cfg, n_envs=n_envs, use_async_envs=False)
-    vec = next(iter(next(iter(suites.values())).values()))
+    if n_envs < 1:
+        raise ValueError(f"n_envs={n_envs} must be >= 1")
+    # `make_env`'s n_envs is per task and the task count is only known once it has run: build one env per task
+    # first (LeRobot sims create their simulators lazily, so this is cheap), then the rest if more are wanted.
+    tasks = _build_suites(env_cfg, 1)
+    per_task, rest = divmod(n_envs, len(tasks))
+    if rest or per_task == 0:
+        names = ", ".join(f"{suite}/{task_id}" for suite, task_id, _ in tasks[:12]) + (", ..." if len(tasks) > 12 else "")
+        for *_, vec in tasks:
+            vec.close()
+        raise ValueError(
+            f"n_envs={n_envs} cannot be spread evenly over the {len(tasks)} tasks of env.task={env_cfg.task!r} "
+            f"({names}): use a multiple of {len(tasks)}"
+        )
+    if per_task > 1:
+        for *_, vec in tasks:
+            vec.close()
+        tasks = _build_suites(env_cfg, per_task)
     env_pre, env_post = make_env_pre_post_processors(env_cfg, cfg.policy)
-    return [
-        LeRobotSimStream(sub, seed + i, env_pre, env_post, fallback_task=env_cfg.task) for i, sub in enumerate(vec.envs)
-    ]
+    streams = []
+    for suite, task_id, vec in tasks:
+        name = f"{suite}/{task_id}" if len(tasks) > 1 else None
+        for sub in vec.envs:
+            streams.append(
+                LeRobotSimStream(
+                    sub, seed + len(streams), env_pre, env_post, fallback_task=env_cfg.task,
+                    max_episode_steps=episode_limit(sub, env_cfg), task_name=name,
+                )
+            )
+    return streams
