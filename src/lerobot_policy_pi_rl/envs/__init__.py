@@ -6,6 +6,7 @@ from .pickcube import (
     make_pickcube_vec_env,
 )
 from .scripted import ScriptedPickController, run_scripted_episode
+from . import teleop  # noqa: F401  (registers gym id gym_hil/PandaPickCubeScriptedTeleop-v0; no MuJoCo import)
 
 __all__ = [
     "PickCubeStateEnvConfig",
