@@ -135,7 +135,14 @@ def _task_of(env) -> str:
 
 
 class ManipulatorStream:
-    """LeRobot's `gym_manipulator` env (gym_hil or a robot + teleop): interventions flag the chunk."""
+    """LeRobot's `gym_manipulator` env (gym_hil or a robot + teleop): interventions flag the chunk.
+
+    A step is an intervention when the human took over on that step (gym_hil: its `InputsControlWrapper`; a robot:
+    LeRobot's teleop processor steps); its `executed_action` is what the env executed, the human's action then.
+    The policy's actions are clipped to the env's action space (gym_manipulator declares end-effector steps in
+    [-1, 1] and a gripper value in [0, 2], for gym_hil and robots alike), as `GymStream` does. Episodes last
+    `env.processor.reset.control_time_s * fps` steps when that is set (else gym_hil's own limit).
+    """
 
     def __init__(self, env_cfg, input_keys, device: str):
         from lerobot.rl.gym_manipulator import make_processors, make_robot_env
@@ -145,6 +152,10 @@ class ManipulatorStream:
         self.input_keys = set(input_keys)
         self.task = env_cfg.task or ""
         self._transition = None
+        space = getattr(self.env, "action_space", None)
+        low, high = getattr(space, "low", None), getattr(space, "high", None)
+        self._low = None if low is None else torch.as_tensor(low, dtype=torch.float32)
+        self._high = None if high is None else torch.as_tensor(high, dtype=torch.float32)
 
     def _observation(self) -> dict[str, Any]:
         from lerobot.processor import TransitionKey
@@ -155,17 +166,34 @@ class ManipulatorStream:
     def reset(self) -> dict[str, Any]:
         from lerobot.rl.gym_manipulator import reset_and_build_transition
 
+        from lerobot.processor.hil_processor import TimeLimitProcessorStep
+
         self._transition = reset_and_build_transition(self.env, self.env_processor, self.action_processor)
+        # LeRobot runs the reset observation through the env pipeline, whose time limit counts it as a step:
+        # episodes would end one step before `control_time_s * fps`. Restart the count at the first real step.
+        for step in getattr(self.env_processor, "steps", ()):
+            if isinstance(step, TimeLimitProcessorStep):
+                step.reset()
         return self._observation()
 
     def step(self, action: Tensor) -> StepResult:
         from lerobot.processor import TransitionKey
         from lerobot.rl.gym_manipulator import step_env_and_process_transition
 
+        action = action.float().cpu().reshape(-1)
+        if self._low is not None:
+            action = torch.minimum(torch.maximum(action, self._low), self._high)
+        # LeRobot's action pipeline takes the intervention flag from the transition it is given, i.e. the previous
+        # step's: for gym_hil (whose wrapper takes over inside env.step) the human's last action would replace the
+        # policy's on the first step after they let go, reported as the policy's. Each step's teleop events come
+        # from that step's input (gym_hil: inside env.step; a robot: LeRobot's teleop processor steps).
+        previous = self._transition
+        stale = previous.get(TransitionKey.INFO) or {}
+        info = {k: v for k, v in stale.items() if not isinstance(k, TeleopEvents)}
         self._transition = step_env_and_process_transition(
             env=self.env,
-            transition=self._transition,
-            action=action[None] if action.dim() == 1 else action,
+            transition={**previous, TransitionKey.INFO: info},
+            action=action[None],
             env_processor=self.env_processor,
             action_processor=self.action_processor,
         )
