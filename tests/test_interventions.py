@@ -321,6 +321,13 @@ def test_actor_flags_the_chunks_with_a_takeover_and_reports_the_intervention_rat
     assert [r["Episode length"] for r in actor_run.reports] == [ACTOR_EPISODE_STEPS] * 2
     assert [r["Episode intervention"] for r in actor_run.reports] == [1, 0]
     assert [r["Intervention rate"] for r in actor_run.reports] == pytest.approx([5 / ACTOR_EPISODE_STEPS, 0.0])
+    # ... which the learner logs as the mean over recent episodes.
+    from lerobot_policy_pi_rl.runtime.metrics import EpisodeWindow
+
+    window = EpisodeWindow()
+    for report in actor_run.reports:
+        window.add(report)
+    assert window.as_log_dict()["rollout/intervention_rate"] == pytest.approx(5 / ACTOR_EPISODE_STEPS / 2)
 
 
 @pytest.mark.slow
