@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import re
 from dataclasses import dataclass
 
 import draccus
@@ -271,3 +274,60 @@ def test_noise_level_is_constant_without_annealing() -> None:
     assert FlowSDEConfig(noise_level=0.3, noise_anneal_updates=10).noise_level_at(50) == 0.3  # no final: off
     rising = FlowSDEConfig(noise_level=0.2, noise_level_final=0.6, noise_anneal_updates=2)
     assert rising.noise_level_at(1) == pytest.approx(0.4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RL-runtime fields on the policy config (`lerobot-pi-rl-*` parse through `PiRLTrainRLServerPipelineConfig`)
+# ---------------------------------------------------------------------------------------------------------------
+
+# Fields LeRobot's SAC loops read from their own policy config, which nothing on the PI-RL path reads.
+SAC_ONLY_FIELDS = (
+    "storage_device", "online_steps", "online_step_before_learning", "online_buffer_capacity",
+    "offline_buffer_capacity", "async_prefetch", "num_discrete_actions",
+)
+
+
+def test_pi_rl_config_carries_no_field_only_sac_reads() -> None:
+    names = {f.name for f in dataclasses.fields(PiRLConfig)}
+    assert names.isdisjoint(SAC_ONLY_FIELDS), sorted(names & set(SAC_ONLY_FIELDS))
+    # What the runtime does read stays.
+    assert {"dataset_stats", "actor_learner_config", "concurrency", "push_to_hub"} <= names
+
+
+def parse_runtime(*args: str):
+    from lerobot_policy_pi_rl.runtime.cli import register_plugin
+    from lerobot_policy_pi_rl.runtime.config import parse_config
+
+    register_plugin()
+    return parse_config(["--env.type=pi_rl_pickcube", "--output_dir=/tmp/pi_rl_unused", *args])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--policy.type=pi_rl", "--algorithm.type=sac"], "algorithm.type=sac needs its own policy config"),
+        (
+            ["--policy.type=pi_rl", "--policy.concurrency.actor=processes"],
+            "policy.concurrency.actor='processes': a pi_rl run runs LeRobot's transport workers as threads",
+        ),
+        (
+            ["--policy.type=pi_rl", "--policy.concurrency.learner=processes"],
+            "policy.concurrency.learner='processes'",
+        ),
+    ],
+)
+def test_runtime_rejects_settings_a_pi_rl_run_would_ignore(args: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_runtime(*args)
+
+
+def test_push_to_hub_on_an_rl_run_warns_that_nothing_pushes(caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        cfg = parse_runtime("--policy.type=pi_rl", "--policy.push_to_hub=true")
+    assert "the RL learner does not push to the hub" in caplog.text
+    assert cfg.policy.push_to_hub is False  # no repo_id: off, so a reused checkpoint does not demand one
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        cfg = parse_runtime("--policy.type=pi_rl", "--policy.push_to_hub=true", "--policy.repo_id=me/run")
+    assert "the RL learner does not push to the hub" in caplog.text
+    assert cfg.policy.push_to_hub is True

@@ -279,30 +279,22 @@ class PiRLConfig(PreTrainedConfig):
     # Gradient-norm clip of the SFT optimizer.
     optimizer_grad_clip_norm: float = 1.0
 
-    # (RL runtime fields below are read from `cfg.policy` by LeRobot's RL stack, as for its gaussian_actor.)
+    # --- Read from `cfg.policy` by the actor/learner runtime (LeRobot's RL stack keeps these on the policy) ---
 
-    # Device the policy lives on during RL (the learner's and actors' compute device).
-    storage_device: str = "cpu"
-    # Total environment interaction steps the RL run may take.
-    online_steps: int = 1_000_000
-    # Environment steps to collect before the first update.
-    online_step_before_learning: int = 0
-    # Capacity (in transitions) of the online buffer (SAC path only; PI-RL keeps whole on-policy rollouts).
-    online_buffer_capacity: int = 100_000
-    # Capacity (in transitions) of the offline buffer.
-    offline_buffer_capacity: int = 100_000
-    # Asynchronous buffer prefetching (SAC path only).
-    async_prefetch: bool = False
-    # Normalization stats when no dataset is given (normally they come from the SFT checkpoint's processors).
+    # Normalization stats `{feature: {stat: list}}` for the processors when no dataset gives them (normally they
+    # come from the SFT checkpoint's processors). Read by the PI-RL actor and learner and by
+    # `make_pi_rl_pre_post_processors`.
     dataset_stats: dict[str, dict[str, list[float]]] | None = None
-    # Discrete gripper head size (not used by PI-RL; LeRobot's RL code reads this field).
-    num_discrete_actions: int | None = None
-    # Learner address the actors connect to (`learner_host`, `learner_port`) and LeRobot's transport settings.
+    # Where the learner listens and the actors connect (`learner_host`, `learner_port`) and the transport's
+    # `queue_get_timeout`: read by the PI-RL actor and learner and by LeRobot's transport workers they run.
+    # `policy_parameters_push_frequency` is not used: the learner publishes weights after every update.
     actor_learner_config: ActorLearnerConfig = field(default_factory=ActorLearnerConfig)
-    # LeRobot's thread/process settings for the actor and learner workers.
+    # LeRobot's actor transport workers read `concurrency.actor`. A pi_rl run runs them as threads and serves
+    # gRPC from a thread of the learner process, so only `threads` is accepted for `actor` and `learner`.
     concurrency: ConcurrencyConfig = field(default_factory=ConcurrencyConfig)
 
-    # Never push to the hub unless asked (LeRobot's default `true` demands a repo_id).
+    # Never push to the hub unless asked (LeRobot's default `true` demands a repo_id). Read by `lerobot-train`,
+    # which pushes after SFT; RL runs never push (the runtime warns when this is set).
     push_to_hub: bool = False
 
     def __post_init__(self) -> None:

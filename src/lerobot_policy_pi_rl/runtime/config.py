@@ -2,7 +2,8 @@
 
 Same CLI/JSON shape as `lerobot.rl.learner` / `lerobot.rl.actor` (`--policy.*`, `--env.*`, `--algorithm.*`,
 `--output_dir`, `--resume`, `--wandb.*`, `--config_path`), plus the fields below. `validate()` replaces
-LeRobot's so that this plugin does not inherit the upstream bugs of LEROBOT.md §2:
+LeRobot's so that this plugin does not inherit upstream bugs of LeRobot 0.6.1 (listed for users in
+docs/recipes.md, "LeRobot behaviours this package works around"):
   * no offline dataset (`dataset: null`) is valid (upstream dereferences `dataset.repo_id`);
   * `push_to_hub` without a `repo_id` is turned off with a warning instead of failing;
   * actor and learner may share `output_dir` (upstream raises FileExistsError); the learner alone guards
@@ -76,6 +77,19 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
                 isinstance(self.policy, PiRLConfig),
                 f"algorithm.type=pi_rl needs policy.type=pi_rl, got policy.type={self.policy.type!r}",
             )
+            for role in ("actor", "learner"):
+                value = getattr(self.policy.concurrency, role)
+                require(
+                    value == "threads",
+                    f"policy.concurrency.{role}={value!r}: a pi_rl run runs LeRobot's transport workers as "
+                    "threads; only 'threads' is supported",
+                )
+        else:
+            require(
+                not isinstance(self.policy, PiRLConfig),
+                f"algorithm.type={self.algorithm.type} needs its own policy config (LeRobot's SAC runs "
+                "policy.type=gaussian_actor), got policy.type=pi_rl",
+            )
         if getattr(self.algorithm, "policy_config", None) is None:
             self.algorithm.policy_config = self.policy
         for name in ("num_updates", "n_envs", "num_actors", "console_log_every_updates"):
@@ -101,9 +115,15 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
         if self.use_policy_training_preset and not self.resume:
             self.optimizer = self.policy.get_optimizer_preset()
             self.scheduler = self.policy.get_scheduler_preset()
-        if getattr(self.policy, "push_to_hub", False) and not self.policy.repo_id:
-            logging.warning("policy.push_to_hub=true without policy.repo_id: not pushing to the hub")
-            self.policy.push_to_hub = False
+        if getattr(self.policy, "push_to_hub", False):
+            # Neither this runtime nor LeRobot's RL learner pushes (only `lerobot-train` does); off without a
+            # repo_id, so that a checkpoint reused for SFT does not demand one.
+            logging.warning(
+                "policy.push_to_hub=true: the RL learner does not push to the hub; upload "
+                "<output_dir>/checkpoints/last/pretrained_model yourself"
+            )
+            if not self.policy.repo_id:
+                self.policy.push_to_hub = False
 
     # --- encoding (draccus 0.11 cannot encode `env.processor.reset`, a field typed `Any`) ---
 
