@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
+import re
 from dataclasses import dataclass
 
 import draccus
@@ -19,6 +23,7 @@ from lerobot_policy_pi_rl.configuration_pi_rl import (
     PiRLConfig,
     SmolVLABackboneConfig,
     ValueHeadConfig,
+    load_policy_config,
 )
 
 from conftest import make_flow_mlp_config
@@ -271,3 +276,118 @@ def test_noise_level_is_constant_without_annealing() -> None:
     assert FlowSDEConfig(noise_level=0.3, noise_anneal_updates=10).noise_level_at(50) == 0.3  # no final: off
     rising = FlowSDEConfig(noise_level=0.2, noise_level_final=0.6, noise_anneal_updates=2)
     assert rising.noise_level_at(1) == pytest.approx(0.4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RL-runtime fields on the policy config (`lerobot-pi-rl-*` parse through `PiRLTrainRLServerPipelineConfig`)
+# ---------------------------------------------------------------------------------------------------------------
+
+# Fields LeRobot's SAC loops read from their own policy config, which nothing on the PI-RL path reads.
+SAC_ONLY_FIELDS = (
+    "storage_device", "online_steps", "online_step_before_learning", "online_buffer_capacity",
+    "offline_buffer_capacity", "async_prefetch", "num_discrete_actions",
+)
+
+
+def test_pi_rl_config_carries_no_field_only_sac_reads() -> None:
+    names = {f.name for f in dataclasses.fields(PiRLConfig)}
+    assert names.isdisjoint(SAC_ONLY_FIELDS), sorted(names & set(SAC_ONLY_FIELDS))
+    # What the runtime does read stays.
+    assert {"dataset_stats", "actor_learner_config", "concurrency", "push_to_hub"} <= names
+
+
+def parse_runtime(*args: str):
+    from lerobot_policy_pi_rl.runtime.cli import register_plugin
+    from lerobot_policy_pi_rl.runtime.config import parse_config
+
+    register_plugin()
+    return parse_config(["--env.type=pi_rl_pickcube", "--output_dir=/tmp/pi_rl_unused", *args])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--policy.type=pi_rl", "--algorithm.type=sac"], "algorithm.type=sac needs its own policy config"),
+        (
+            ["--policy.type=pi_rl", "--policy.concurrency.actor=processes"],
+            "policy.concurrency.actor='processes': a pi_rl run runs LeRobot's transport workers as threads",
+        ),
+        (
+            ["--policy.type=pi_rl", "--policy.concurrency.learner=processes"],
+            "policy.concurrency.learner='processes'",
+        ),
+    ],
+)
+def test_runtime_rejects_settings_a_pi_rl_run_would_ignore(args: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_runtime(*args)
+
+
+def test_push_to_hub_on_an_rl_run_warns_that_nothing_pushes(caplog) -> None:
+    with caplog.at_level(logging.WARNING):
+        cfg = parse_runtime("--policy.type=pi_rl", "--policy.push_to_hub=true")
+    assert "the RL learner does not push to the hub" in caplog.text
+    assert cfg.policy.push_to_hub is False  # no repo_id: off, so a reused checkpoint does not demand one
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        cfg = parse_runtime("--policy.type=pi_rl", "--policy.push_to_hub=true", "--policy.repo_id=me/run")
+    assert "the RL learner does not push to the hub" in caplog.text
+    assert cfg.policy.push_to_hub is True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configs saved before the SAC-only fields were removed
+# ---------------------------------------------------------------------------------------------------------------
+
+OLD_VALUES = {
+    "storage_device": "cpu", "online_steps": 1_000_000, "online_step_before_learning": 0,
+    "online_buffer_capacity": 100_000, "offline_buffer_capacity": 100_000, "async_prefetch": False,
+    "num_discrete_actions": None,
+}
+
+
+def test_old_values_cover_every_removed_field() -> None:
+    assert set(OLD_VALUES) == set(SAC_ONLY_FIELDS)
+
+
+def save_with_extra_fields(cfg: PiRLConfig, directory, extra: dict) -> None:
+    cfg.save_pretrained(directory)
+    path = directory / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **extra}))
+
+
+def test_a_policy_config_saved_with_the_removed_fields_still_loads(tmp_path, caplog) -> None:
+    cfg = make_flow_mlp_config("flow_noise")
+    cfg.save_pretrained(tmp_path / "new")
+    save_with_extra_fields(cfg, tmp_path / "old", OLD_VALUES)
+    with caplog.at_level(logging.WARNING):
+        loaded = load_policy_config(tmp_path / "old")
+    assert loaded == PreTrainedConfig.from_pretrained(tmp_path / "new")
+    warnings = [r.getMessage() for r in caplog.records if "no longer" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    for name in SAC_ONLY_FIELDS:
+        assert name in warnings[0]
+
+
+def test_only_the_removed_fields_are_tolerated(tmp_path) -> None:
+    save_with_extra_fields(make_flow_mlp_config(), tmp_path, {**OLD_VALUES, "online_stepz": 3})
+    with pytest.raises(Exception) as info:
+        load_policy_config(tmp_path)
+    assert any("online_stepz" in str(e) for e in exception_chain(info.value))
+
+
+def test_rl_runs_start_from_configs_saved_with_the_removed_fields(tmp_path) -> None:
+    """`lerobot-pi-rl-* --policy.path=<old SFT checkpoint>` and `--config_path=<old run's train_config.json>`."""
+    save_with_extra_fields(make_flow_mlp_config("flow_noise"), tmp_path / "sft", OLD_VALUES)
+    cfg = parse_runtime(f"--policy.path={tmp_path / 'sft'}", "--policy.device=cpu")
+    assert isinstance(cfg.policy, PiRLConfig) and isinstance(cfg.policy.variant, FlowNoiseConfig)
+
+    run = {
+        "policy": {"type": "pi_rl", "device": "cpu", "chunk_size": 8, **OLD_VALUES},
+        "env": {"type": "pi_rl_pickcube"}, "algorithm": {"type": "pi_rl"}, "output_dir": str(tmp_path / "rl"),
+    }
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "train_config.json").write_text(json.dumps(run))
+    for config_path in (tmp_path / "run" / "train_config.json", tmp_path / "run"):
+        cfg = parse_runtime(f"--config_path={config_path}")
+        assert isinstance(cfg.policy, PiRLConfig) and cfg.policy.chunk_size == 8

@@ -71,7 +71,11 @@ def _default(field: dataclasses.Field):
         return "(required)"
     if dataclasses.is_dataclass(value):
         choice = getattr(value, "type", None)
-        return f"type={choice}" if isinstance(choice, str) else "(nested, below)"
+        if isinstance(choice, str):
+            return f"type={choice}"
+        if type(value).__module__.startswith("lerobot."):  # LeRobot's own class: no table below, show its fields
+            return "{" + ", ".join(f"{f.name}: {getattr(value, f.name)}" for f in dataclasses.fields(value)) + "}"
+        return "(nested, below)"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}: {v.value if isinstance(v, Enum) else v}" for k, v in value.items()) + "}"
     return repr(value)

@@ -10,10 +10,15 @@ Variants and backbones are nested draccus choice configs, so a typo fails at par
 from __future__ import annotations
 
 import abc
+import json
+import logging
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import draccus
+from huggingface_hub.constants import CONFIG_NAME
 
 from lerobot.configs import NormalizationMode, PreTrainedConfig
 from lerobot.configs.types import FeatureType
@@ -25,6 +30,8 @@ from lerobot.policies.gaussian_actor.configuration_gaussian_actor import (
 from lerobot.utils.constants import ACTION, OBS_STATE
 
 from .validation import check_choice, require
+
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -279,30 +286,22 @@ class PiRLConfig(PreTrainedConfig):
     # Gradient-norm clip of the SFT optimizer.
     optimizer_grad_clip_norm: float = 1.0
 
-    # (RL runtime fields below are read from `cfg.policy` by LeRobot's RL stack, as for its gaussian_actor.)
+    # --- Read from `cfg.policy` by the actor/learner runtime (LeRobot's RL stack keeps these on the policy) ---
 
-    # Device the policy lives on during RL (the learner's and actors' compute device).
-    storage_device: str = "cpu"
-    # Total environment interaction steps the RL run may take.
-    online_steps: int = 1_000_000
-    # Environment steps to collect before the first update.
-    online_step_before_learning: int = 0
-    # Capacity (in transitions) of the online buffer (SAC path only; PI-RL keeps whole on-policy rollouts).
-    online_buffer_capacity: int = 100_000
-    # Capacity (in transitions) of the offline buffer.
-    offline_buffer_capacity: int = 100_000
-    # Asynchronous buffer prefetching (SAC path only).
-    async_prefetch: bool = False
-    # Normalization stats when no dataset is given (normally they come from the SFT checkpoint's processors).
+    # Normalization stats `{feature: {stat: list}}` for the processors when no dataset gives them (normally they
+    # come from the SFT checkpoint's processors). Read by the PI-RL actor and learner and by
+    # `make_pi_rl_pre_post_processors`.
     dataset_stats: dict[str, dict[str, list[float]]] | None = None
-    # Discrete gripper head size (not used by PI-RL; LeRobot's RL code reads this field).
-    num_discrete_actions: int | None = None
-    # Learner address the actors connect to (`learner_host`, `learner_port`) and LeRobot's transport settings.
+    # Where the learner listens and the actors connect (`learner_host`, `learner_port`) and the transport's
+    # `queue_get_timeout`: read by the PI-RL actor and learner and by LeRobot's transport workers they run.
+    # `policy_parameters_push_frequency` is not used: the learner publishes weights after every update.
     actor_learner_config: ActorLearnerConfig = field(default_factory=ActorLearnerConfig)
-    # LeRobot's thread/process settings for the actor and learner workers.
+    # LeRobot's actor transport workers read `concurrency.actor`. A pi_rl run runs them as threads and serves
+    # gRPC from a thread of the learner process, so only `threads` is accepted for `actor` and `learner`.
     concurrency: ConcurrencyConfig = field(default_factory=ConcurrencyConfig)
 
-    # Never push to the hub unless asked (LeRobot's default `true` demands a repo_id).
+    # Never push to the hub unless asked (LeRobot's default `true` demands a repo_id). Read by `lerobot-train`,
+    # which pushes after SFT; RL runs never push (the runtime warns when this is set).
     push_to_hub: bool = False
 
     def __post_init__(self) -> None:
@@ -400,3 +399,46 @@ class PiRLConfig(PreTrainedConfig):
     @property
     def image_feature_keys(self) -> list[str]:
         return sorted(self.image_features)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configs saved by earlier versions
+# ---------------------------------------------------------------------------------------------------------------
+
+# Fields earlier versions of `PiRLConfig` carried for LeRobot's SAC loops, which never read them from a pi_rl
+# config. draccus refuses a config file with a field the class does not have, and a policy config cannot bring
+# its own draccus decoder (draccus forbids one on a choice subclass such as a policy type), so this package's
+# loaders drop exactly these names from the file first. Any other unknown field still fails. LeRobot's own
+# `--policy.path` loading (`lerobot-train`, `lerobot-eval`) still refuses such a file: delete the keys from it.
+REMOVED_FIELDS = (
+    "storage_device",
+    "online_steps",
+    "online_step_before_learning",
+    "online_buffer_capacity",
+    "offline_buffer_capacity",
+    "async_prefetch",
+    "num_discrete_actions",
+)
+
+
+def drop_removed_fields(raw: dict[str, Any]) -> dict[str, Any]:
+    """A saved policy config (its JSON dict) without `REMOVED_FIELDS` if it is a pi_rl one; one warning names
+    the fields dropped. Returns `raw` itself when there is nothing to drop."""
+    found = [name for name in REMOVED_FIELDS if name in raw] if raw.get("type") == "pi_rl" else []
+    if not found:
+        return raw
+    logger.warning("pi_rl config: ignoring %s (no longer pi_rl config fields: only SAC reads them)", ", ".join(found))
+    return {k: v for k, v in raw.items() if k not in found}
+
+
+def load_policy_config(path: str | Path, cli_overrides: list[str] | None = None) -> PreTrainedConfig:
+    """`PreTrainedConfig.from_pretrained(path)` (a local directory or a hub id) that also loads a local pi_rl
+    config.json saved with `REMOVED_FIELDS`."""
+    config_file = Path(path) / CONFIG_NAME
+    raw = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    migrated = drop_removed_fields(raw)
+    if migrated is raw:
+        return PreTrainedConfig.from_pretrained(path, cli_overrides=cli_overrides or [])
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / CONFIG_NAME).write_text(json.dumps(migrated))
+        return PreTrainedConfig.from_pretrained(tmp, cli_overrides=cli_overrides or [])

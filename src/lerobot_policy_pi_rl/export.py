@@ -54,17 +54,17 @@ def _prepare_output(output: Path, checkpoint: Path, overwrite: bool) -> None:
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path, *, overwrite: bool = False) -> Path:
     """Export `checkpoint` (a pi_rl `pretrained_model` dir) to `output`; returns the output directory."""
-    from lerobot.configs import PreTrainedConfig
     from lerobot.processor import PolicyProcessorPipeline
 
     from .backbones.vla_processors import without_default_task
+    from .configuration_pi_rl import load_policy_config
     from .modeling_pi_rl import PiRLPolicy
 
     checkpoint, output = Path(checkpoint), Path(output)
     _check_checkpoint(checkpoint)
     _prepare_output(output, checkpoint, overwrite)
 
-    config = PreTrainedConfig.from_pretrained(checkpoint)
+    config = load_policy_config(checkpoint)
     config.device = "cpu"  # export never needs an accelerator
     policy = PiRLPolicy.from_pretrained(checkpoint, config=config)
     preprocessor = PolicyProcessorPipeline.from_pretrained(checkpoint, PREPROCESSOR_FILE)

@@ -262,7 +262,7 @@ class VLABackbone(FlowBackbone, abc.ABC):
         return v.float(), hidden
 
     def value_features(self, context: VLAContext) -> Tensor:
-        """Chain-independent critic features `[B, F]` float32 (see ALGORITHM.md §5)."""
+        """Chain-independent critic features `[B, F]` float32 (docs/concepts.md, "The critic")."""
         if context.value_cache is not None:
             return context.value_cache
         if self.value_source == "prefix":

@@ -2,7 +2,8 @@
 
 Same CLI/JSON shape as `lerobot.rl.learner` / `lerobot.rl.actor` (`--policy.*`, `--env.*`, `--algorithm.*`,
 `--output_dir`, `--resume`, `--wandb.*`, `--config_path`), plus the fields below. `validate()` replaces
-LeRobot's so that this plugin does not inherit the upstream bugs of LEROBOT.md §2:
+LeRobot's so that this plugin does not inherit upstream bugs of LeRobot 0.6.1 (listed for users in
+docs/recipes.md, "LeRobot behaviours this package works around"):
   * no offline dataset (`dataset: null`) is valid (upstream dereferences `dataset.repo_id`);
   * `push_to_hub` without a `repo_id` is turned off with a warning instead of failing;
   * actor and learner may share `output_dir` (upstream raises FileExistsError); the learner alone guards
@@ -15,6 +16,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +25,11 @@ import draccus
 import torch
 
 from lerobot.configs import parser
-from lerobot.configs.policies import PreTrainedConfig
 from lerobot.configs.train import TRAIN_CONFIG_NAME
 from lerobot.rl.algorithms.factory import make_algorithm_config
 from lerobot.rl.train_rl import TrainRLServerPipelineConfig
 
-from ..configuration_pi_rl import PiRLConfig
+from ..configuration_pi_rl import PiRLConfig, drop_removed_fields, load_policy_config
 from ..validation import require
 
 ALGORITHMS = ("pi_rl", "sac")
@@ -61,7 +62,7 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
         policy_path = parser.get_path_arg("policy")
         if policy_path:
             overrides = parser.get_yaml_overrides("policy") + (parser.get_cli_overrides("policy") or [])
-            self.policy = PreTrainedConfig.from_pretrained(policy_path, cli_overrides=overrides)
+            self.policy = load_policy_config(policy_path, cli_overrides=overrides)
             self.policy.pretrained_path = Path(policy_path)
         require(self.policy is not None, "policy is not set: pass --policy.type=pi_rl (or --policy.path=<dir>)")
         require(self.env is not None, "env is not set: pass --env.type=... (e.g. pi_rl_pickcube, gym_manipulator)")
@@ -75,6 +76,19 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
             require(
                 isinstance(self.policy, PiRLConfig),
                 f"algorithm.type=pi_rl needs policy.type=pi_rl, got policy.type={self.policy.type!r}",
+            )
+            for role in ("actor", "learner"):
+                value = getattr(self.policy.concurrency, role)
+                require(
+                    value == "threads",
+                    f"policy.concurrency.{role}={value!r}: a pi_rl run runs LeRobot's transport workers as "
+                    "threads; only 'threads' is supported",
+                )
+        else:
+            require(
+                not isinstance(self.policy, PiRLConfig),
+                f"algorithm.type={self.algorithm.type} needs its own policy config (LeRobot's SAC runs "
+                "policy.type=gaussian_actor), got policy.type=pi_rl",
             )
         if getattr(self.algorithm, "policy_config", None) is None:
             self.algorithm.policy_config = self.policy
@@ -101,9 +115,15 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
         if self.use_policy_training_preset and not self.resume:
             self.optimizer = self.policy.get_optimizer_preset()
             self.scheduler = self.policy.get_scheduler_preset()
-        if getattr(self.policy, "push_to_hub", False) and not self.policy.repo_id:
-            logging.warning("policy.push_to_hub=true without policy.repo_id: not pushing to the hub")
-            self.policy.push_to_hub = False
+        if getattr(self.policy, "push_to_hub", False):
+            # Neither this runtime nor LeRobot's RL learner pushes (only `lerobot-train` does); off without a
+            # repo_id, so that a checkpoint reused for SFT does not demand one.
+            logging.warning(
+                "policy.push_to_hub=true: the RL learner does not push to the hub; upload "
+                "<output_dir>/checkpoints/last/pretrained_model yourself"
+            )
+            if not self.policy.repo_id:
+                self.policy.push_to_hub = False
 
     # --- encoding (draccus 0.11 cannot encode `env.processor.reset`, a field typed `Any`) ---
 
@@ -161,6 +181,22 @@ def _root_message(err: BaseException) -> str:
     return str(deepest) if isinstance(deepest, (ValueError, TypeError)) else str(err)
 
 
+def _without_removed_policy_fields(config_path: str) -> str:
+    """`config_path`, or a copy whose pi_rl `policy` no longer holds the fields `PiRLConfig` dropped (a train
+    config saved by an earlier version)."""
+    path = Path(config_path) / TRAIN_CONFIG_NAME if Path(config_path).is_dir() else Path(config_path)
+    if path.suffix != ".json" or not path.is_file():
+        return config_path
+    raw = json.loads(path.read_text())
+    policy = raw.get("policy")
+    migrated = drop_removed_fields(policy) if isinstance(policy, dict) else policy
+    if migrated is policy:
+        return config_path
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({**raw, "policy": migrated}, f)
+    return f.name
+
+
 def parse_config(args: list[str] | None = None) -> PiRLTrainRLServerPipelineConfig:
     """Parse like LeRobot's `parser.wrap` (`--config_path`, `--policy.path`, `--*.discover_packages_path`),
     then validate. Any bad value raises `ValueError` naming the field.
@@ -185,6 +221,7 @@ def parse_config(args: list[str] | None = None) -> PiRLTrainRLServerPipelineConf
     cli_args = parser.filter_path_args(path_fields, cli_args)
     if config_path:
         config_path = parser.extract_path_fields_from_config(config_path, path_fields)
+        config_path = _without_removed_policy_fields(config_path)
         cli_args = parser.filter_arg("config_path", cli_args)
     try:
         if config_path:

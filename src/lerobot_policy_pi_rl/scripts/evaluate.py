@@ -55,14 +55,14 @@ def load_policy(policy_path: str | Path, device: str | None = None):
 
     Any registered policy type (`config.json`'s `type`): pi_rl, or e.g. LeRobot's `gaussian_actor` (SAC).
     """
-    from lerobot.configs.policies import PreTrainedConfig
     from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 
     from .. import modeling_pi_rl  # noqa: F401  (registers pi_rl)
+    from ..configuration_pi_rl import load_policy_config
 
     policy_path = str(policy_path)
-    policy_cls = get_policy_class(PreTrainedConfig.from_pretrained(policy_path).type)
-    policy = policy_cls.from_pretrained(policy_path)
+    config = load_policy_config(policy_path)
+    policy = get_policy_class(config.type).from_pretrained(policy_path, config=config)
     if device is not None:
         policy.config.device = device
     policy.to(policy.config.device)
