@@ -540,3 +540,23 @@ def test_processors_save_and_load_round_trip(tmp_path) -> None:
     action, action2 = post(normalized_action), post2(normalized_action)
     assert torch.allclose(action, torch.tensor([[-2.0, 0.0, 1.0, 2.0]]), atol=1e-5)
     assert torch.equal(action, action2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reliability: module mode, and an RL run of another variant started from an SFT checkpoint
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["sde_hybrid", "noise_sum"])
+def test_predict_action_chunk_leaves_the_module_mode_alone(name: str) -> None:
+    """Deployment sampling reads the weights; switching train/eval is the caller's business (a learner that
+    evaluates between updates must not find its policy in eval mode afterwards)."""
+    policy = build_policy(name)
+    batch = make_obs_batch(3)
+    policy.train()
+    policy.predict_action_chunk(batch)
+    policy.select_action(batch)
+    assert policy.training and all(m.training for m in policy.modules())
+    policy.eval()
+    policy.predict_action_chunk(batch)
+    assert not any(m.training for m in policy.modules())

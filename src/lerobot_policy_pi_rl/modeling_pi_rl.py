@@ -142,8 +142,12 @@ class PiRLPolicy(PreTrainedPolicy):
 
     @torch.no_grad()
     def predict_action_chunk(self, batch: dict[str, Tensor], **kwargs) -> Tensor:
-        """`[B, H, A_env]` normalized action chunk: the deterministic ODE unless `stochastic_inference`."""
-        self.eval()
+        """`[B, H, A_env]` normalized action chunk: the deterministic ODE unless `stochastic_inference`.
+
+        Runs in the module's current mode: deployment callers put the policy in eval mode themselves (LeRobot's
+        `from_pretrained`, the actor, the evaluation script do), and a learner that samples between updates must
+        find its policy still in train mode afterwards.
+        """
         if self.config.stochastic_inference:
             return self.sample_chain(batch).action_chunk
         context = self.backbone.encode(batch)
