@@ -10,10 +10,15 @@ Variants and backbones are nested draccus choice configs, so a typo fails at par
 from __future__ import annotations
 
 import abc
+import json
+import logging
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import draccus
+from huggingface_hub.constants import CONFIG_NAME
 
 from lerobot.configs import NormalizationMode, PreTrainedConfig
 from lerobot.configs.types import FeatureType
@@ -26,6 +31,7 @@ from lerobot.utils.constants import ACTION, OBS_STATE
 
 from .validation import check_choice, require
 
+logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Exploration variants
@@ -34,11 +40,17 @@ from .validation import check_choice, require
 
 @dataclass
 class VariantConfig(draccus.ChoiceRegistry, abc.ABC):
-    """How the deterministic flow ODE is made stochastic (and therefore scorable) during RL."""
+    """How the deterministic flow ODE is made stochastic (and therefore scorable) during RL.
+
+    The settings only: what a variant does lives in `lerobot_policy_pi_rl.exploration` (`make_exploration`).
+    """
 
     @property
     def type(self) -> str:
         return self.get_choice_name(self.__class__)
+
+    def check_num_denoise_steps(self, num_denoise_steps: int) -> None:
+        """Raise `ValueError` naming the setting when this variant cannot run with `num_denoise_steps` steps."""
 
 
 FLOW_SDE_STOCHASTIC_STEPS = ("hybrid", "all")
@@ -81,6 +93,13 @@ class FlowSDEConfig(VariantConfig):
         frac = min(max(update, 0) / self.noise_anneal_updates, 1.0)
         return self.noise_level + frac * (self.noise_level_final - self.noise_level)
 
+    def check_num_denoise_steps(self, num_denoise_steps: int) -> None:
+        if self.exclude_last_step:
+            require(
+                num_denoise_steps >= 2,
+                f"variant.exclude_last_step=true needs num_denoise_steps >= 2, got {num_denoise_steps}",
+            )
+
 
 FLOW_NOISE_REDUCTIONS = ("sum", "mean")
 
@@ -111,6 +130,43 @@ class FlowNoiseConfig(VariantConfig):
             f"variant.noise_head_hidden_dims={self.noise_head_hidden_dims} must be positive",
         )
         check_choice("variant.log_prob_reduction", self.log_prob_reduction, FLOW_NOISE_REDUCTIONS)
+
+
+def pretrained_config(path: str | Path, cli_overrides: list[str]) -> PreTrainedConfig:
+    """`PreTrainedConfig.from_pretrained(path, cli_overrides=...)`, except that choosing another exploration
+    variant (`--variant.type=flow_noise` over a Flow-SDE checkpoint) starts that variant from its own defaults.
+
+    LeRobot merges a saved config with the overrides field by field, so the saved variant's settings would reach
+    the new variant and fail to parse (`noise_level` is no Flow-Noise field). Only a change of variant drops them;
+    `--variant.*` overrides of the chosen variant apply as usual.
+    """
+    requested = _override_value(cli_overrides, "variant.type")
+    config_file = Path(path) / CONFIG_NAME
+    if requested is None or not config_file.is_file():
+        return PreTrainedConfig.from_pretrained(path, cli_overrides=cli_overrides)
+    saved = json.loads(config_file.read_text())
+    variant = saved.get("variant")
+    if saved.get("type") != "pi_rl" or not isinstance(variant, dict) or variant.get("type") == requested:
+        return PreTrainedConfig.from_pretrained(path, cli_overrides=cli_overrides)
+    logger.info(
+        "policy.variant: %s (saved in %s) -> %s; the saved variant's settings are not carried over",
+        variant.get("type"), path, requested,
+    )
+    saved["variant"] = {"type": requested}
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / CONFIG_NAME).write_text(json.dumps(saved))
+        return PreTrainedConfig.from_pretrained(tmp, cli_overrides=cli_overrides)
+
+
+def _override_value(cli_overrides: list[str], name: str) -> str | None:
+    """The last value given to `--<name>` in `--<name>=<value>` or `--<name> <value>` form, else None."""
+    value = None
+    for i, arg in enumerate(cli_overrides):
+        if arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+        elif arg == f"--{name}" and i + 1 < len(cli_overrides):
+            value = cli_overrides[i + 1]
+    return value
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -322,11 +378,7 @@ class PiRLConfig(PreTrainedConfig):
             f"n_action_steps={self.n_action_steps} must be in [1, chunk_size={self.chunk_size}]",
         )
         check_choice("log_prob_level", self.log_prob_level, LOG_PROB_LEVELS)
-        if isinstance(self.variant, FlowSDEConfig) and self.variant.exclude_last_step:
-            require(
-                self.num_denoise_steps >= 2,
-                f"variant.exclude_last_step=true needs num_denoise_steps >= 2, got {self.num_denoise_steps}",
-            )
+        self.variant.check_num_denoise_steps(self.num_denoise_steps)
         if self.value_head.feature_source != "auto":
             allowed = {
                 "flow_mlp": ("observation",),

@@ -12,13 +12,16 @@ VLAs, padded) action space; log-probs count only executed elements (first C step
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass
 
 import torch
+from safetensors.torch import load_model as load_model_as_safetensor
 from torch import Tensor
 
 from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot.utils.device_utils import resolve_safetensors_device
 from lerobot.utils.constants import ACTION
 
 from .backbones import FlowBackbone, make_backbone
@@ -41,6 +44,7 @@ from .flow import (
 )
 from .heads import NoiseHead, ValueHead
 
+logger = logging.getLogger(__name__)
 
 @dataclass
 class ChainSample:
@@ -123,8 +127,43 @@ class PiRLPolicy(PreTrainedPolicy):
 
     @classmethod
     def _load_as_safetensor(cls, model, model_file: str, map_location: str, strict: bool):
-        # A pi_rl checkpoint must load completely: a silently missing head would train from random weights.
-        return super()._load_as_safetensor(model, model_file, map_location, strict=True)
+        # A pi_rl checkpoint must load completely, whatever `strict` says: a silently missing head would train from
+        # random weights. The one exception is the noise head of another exploration variant's checkpoint (an RL
+        # run of Flow-Noise started from a Flow-SDE SFT checkpoint, or the reverse), settled explicitly below.
+        missing, unexpected = load_model_as_safetensor(
+            model, model_file, strict=False, device=resolve_safetensors_device(map_location)
+        )
+        missing, unexpected = model._settle_noise_head(missing, unexpected, model_file)
+        problems = []
+        if missing:
+            problems.append(f"Missing key(s): {missing}")
+        if unexpected:
+            problems.append(f"Unexpected key(s): {unexpected}")
+        if problems:
+            raise RuntimeError(f"Error(s) in loading {model_file} into {cls.__name__}: {'; '.join(problems)}")
+        return model
+
+    def _settle_noise_head(self, missing: list[str], unexpected: list[str], source: str) -> tuple[list, list]:
+        """Initialize a noise head the checkpoint has none of, drop one this variant does not use; both with a
+        warning. A head the checkpoint has in part stays an error (returned as missing)."""
+        prefix = "noise_head."
+        own = [k for k in self.state_dict() if k.startswith(prefix)]
+        absent = [k for k in missing if k.startswith(prefix)]
+        if own and sorted(absent) == sorted(own):
+            self.noise_head.reset_parameters()
+            logger.warning(
+                "%s has no noise_head (a checkpoint of another exploration variant): the %s noise_head is "
+                "initialized fresh (%d tensors: %s)", source, self.config.variant.type, len(own), ", ".join(own),
+            )
+            missing = [k for k in missing if not k.startswith(prefix)]
+        unused = [k for k in unexpected if k.startswith(prefix)]
+        if unused and not own:
+            logger.warning(
+                "%s carries a noise_head the %s variant does not use: ignored (%d tensors)",
+                source, self.config.variant.type, len(unused),
+            )
+            unexpected = [k for k in unexpected if not k.startswith(prefix)]
+        return missing, unexpected
 
     def get_optim_params(self) -> dict:
         return self.parameters()

@@ -23,12 +23,11 @@ import draccus
 import torch
 
 from lerobot.configs import parser
-from lerobot.configs.policies import PreTrainedConfig
 from lerobot.configs.train import TRAIN_CONFIG_NAME
 from lerobot.rl.algorithms.factory import make_algorithm_config
 from lerobot.rl.train_rl import TrainRLServerPipelineConfig
 
-from ..configuration_pi_rl import PiRLConfig
+from ..configuration_pi_rl import PiRLConfig, pretrained_config
 from ..validation import require
 
 ALGORITHMS = ("pi_rl", "sac")
@@ -61,7 +60,7 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
         policy_path = parser.get_path_arg("policy")
         if policy_path:
             overrides = parser.get_yaml_overrides("policy") + (parser.get_cli_overrides("policy") or [])
-            self.policy = PreTrainedConfig.from_pretrained(policy_path, cli_overrides=overrides)
+            self.policy = pretrained_config(policy_path, overrides)
             self.policy.pretrained_path = Path(policy_path)
         require(self.policy is not None, "policy is not set: pass --policy.type=pi_rl (or --policy.path=<dir>)")
         require(self.env is not None, "env is not set: pass --env.type=... (e.g. pi_rl_pickcube, gym_manipulator)")
