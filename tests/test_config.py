@@ -252,22 +252,3 @@ def test_validate_features_requires_action_and_an_observation() -> None:
     no_obs = make_flow_mlp_config(input_features={})
     with pytest.raises(ValueError, match="at least one state"):
         no_obs.validate_features()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Noise-level annealing
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def test_noise_level_annealing_is_linear_and_clamped() -> None:
-    sde = FlowSDEConfig(noise_level=0.5, noise_level_final=0.1, noise_anneal_updates=4)
-    values = [sde.noise_level_at(u) for u in (-3, 0, 1, 2, 3, 4, 5, 100)]
-    assert values == pytest.approx([0.5, 0.5, 0.4, 0.3, 0.2, 0.1, 0.1, 0.1])
-
-
-def test_noise_level_is_constant_without_annealing() -> None:
-    assert FlowSDEConfig(noise_level=0.3).noise_level_at(50) == 0.3
-    assert FlowSDEConfig(noise_level=0.3, noise_level_final=0.0).noise_level_at(50) == 0.3  # 0 updates: off
-    assert FlowSDEConfig(noise_level=0.3, noise_anneal_updates=10).noise_level_at(50) == 0.3  # no final: off
-    rising = FlowSDEConfig(noise_level=0.2, noise_level_final=0.6, noise_anneal_updates=2)
-    assert rising.noise_level_at(1) == pytest.approx(0.4)

@@ -86,13 +86,6 @@ class FlowSDEConfig(VariantConfig):
         )
         check_choice("variant.stochastic_steps", self.stochastic_steps, FLOW_SDE_STOCHASTIC_STEPS)
 
-    def noise_level_at(self, update: int) -> float:
-        """Noise level `a` after `update` policy updates (linear annealing when configured)."""
-        if self.noise_level_final is None or self.noise_anneal_updates <= 0:
-            return self.noise_level
-        frac = min(max(update, 0) / self.noise_anneal_updates, 1.0)
-        return self.noise_level + frac * (self.noise_level_final - self.noise_level)
-
     def check_num_denoise_steps(self, num_denoise_steps: int) -> None:
         if self.exclude_last_step:
             require(
