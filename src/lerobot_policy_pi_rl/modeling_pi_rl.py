@@ -22,7 +22,6 @@ from safetensors.torch import load_model as load_model_as_safetensor
 from torch import Tensor
 
 from lerobot.policies.pretrained import PreTrainedPolicy
-from lerobot.utils.constants import ACTION
 from lerobot.utils.device_utils import resolve_safetensors_device
 
 from .backbones import FlowBackbone, make_backbone

@@ -87,10 +87,10 @@ def flow_sde_coefficient_table(times: Tensor, stochastic: Tensor, *, noise_level
             one-hot(j); full SDE: a single row of ones).
         noise_level: `a`, a float or a 0-dim tensor.
     Returns:
-        `SDECoefficients` `(x_coef, v_coef, std)`, each `[R, K]` float32: `flow_sde_coefficients(t_k)` where `stochastic[r, k]`
-        (bit for bit what a per-sample call with a tensor noise level gives, as the learner computes it), and
-        exactly `(1, -dt, 0)` elsewhere, so that `x_coef * x + v_coef * v` is the Euler step `x - dt * v` bit for
-        bit (`1 * x == x` and `(-dt) * v == -(dt * v)` in IEEE arithmetic).
+        `SDECoefficients` `(x_coef, v_coef, std)`, each `[R, K]` float32: `flow_sde_coefficients(t_k)` where
+        `stochastic[r, k]` (bit for bit what a per-sample call with a tensor noise level gives, as the learner
+        computes it), and exactly `(1, -dt, 0)` elsewhere, so that `x_coef * x + v_coef * v` is the Euler step
+        `x - dt * v` bit for bit (`1 * x == x` and `(-dt) * v == -(dt * v)` in IEEE arithmetic).
     """
     num_steps = times.shape[0] - 1
     dt = 1.0 / num_steps
