@@ -4,9 +4,11 @@
 
 Rows: `flow_mlp` (pi_rl `sample_chain` vs pi_rl `predict_action_chunk`; B=4 is the actor's n_envs) and a tiny
 SmolVLA built offline (pi_rl `sample_chain` vs upstream `SmolVLAPolicy.predict_action_chunk` on the same weights
-and batch, with the upstream step count set to K). `chain/det` is the ratio of best-of-N times; the target is <= 1.15.
-The sample column includes everything PPO records (chain, log-prob, value). For flow_mlp a third column times a
-bare Euler loop over the same backbone, without the `self.eval()` call `predict_action_chunk` makes every time.
+and batch, with the upstream step count set to K). Each row times both exploration variants on the same backbone
+weights, side by side with the deterministic sampler in one alternating run: `sde/det` and `noise/det` are the
+ratios of best-of-N times (Flow-SDE's target is <= 1.15; Flow-Noise also runs its noise head at every step).
+The sample columns include everything PPO records (chain, log-prob, value). For flow_mlp a last column times a
+bare Euler loop over the same backbone: the floor, without the policy's method overhead.
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from lerobot_policy_pi_rl.configuration_pi_rl import FlowSDEConfig, PiRLConfig, SmolVLABackboneConfig  # noqa: E402
+from lerobot_policy_pi_rl.configuration_pi_rl import (  # noqa: E402
+    FlowNoiseConfig,
+    FlowSDEConfig,
+    PiRLConfig,
+    SmolVLABackboneConfig,
+)
+from lerobot_policy_pi_rl.flow import time_grid  # noqa: E402
 from lerobot_policy_pi_rl.modeling_pi_rl import PiRLPolicy  # noqa: E402
 from lerobot_policy_pi_rl.processor_pi_rl import make_pi_rl_pre_post_processors  # noqa: E402
 
@@ -45,50 +53,57 @@ def paired_ms(*fns, repeats: int, warmup: int = 3) -> tuple[float, ...]:
     return tuple(1e3 * min(t) for t in times)
 
 
-def bench_flow_mlp(batch: int, k: int, repeats: int) -> tuple[float, float, float]:
-    """sample_chain, predict_action_chunk, and a bare Euler loop over the same backbone: predict_action_chunk
-    also pays `self.eval()` on every call, as LeRobot's own policies' `predict_action_chunk` do, which the bare
-    loop does not, so the bare column shows the ratio without that fixed cost."""
+def bench_flow_mlp(batch: int, k: int, repeats: int) -> tuple[float, float, float, float]:
+    """Flow-SDE and Flow-Noise `sample_chain`, `predict_action_chunk`, and a bare Euler loop, on one backbone."""
     from conftest import make_flow_mlp_config, make_obs_batch
 
-    policy = PiRLPolicy(make_flow_mlp_config("flow_sde", num_denoise_steps=k)).eval()
+    def build(variant: str, **variant_kwargs) -> PiRLPolicy:
+        torch.manual_seed(0)  # the backbone is built first: both variants get the same backbone weights
+        return PiRLPolicy(make_flow_mlp_config(variant, variant_kwargs=variant_kwargs, num_denoise_steps=k)).eval()
+
+    sde = build("flow_sde")
+    noise = build("flow_noise", noise_head_hidden_dims=FlowNoiseConfig().noise_head_hidden_dims)
     obs = make_obs_batch(batch)
 
     @torch.no_grad()
     def bare_ode():
-        context = policy.backbone.encode(obs)
-        x = policy._initial_noise(batch, None)
-        times = policy._times(x.device)
+        context = sde.backbone.encode(obs)
+        x = sde._initial_noise(batch, None)
+        times = time_grid(k)
         for step in range(k):
-            x = x - (1.0 / k) * policy.backbone.velocity(context, x, times[step].expand(batch))[0]
+            x = x - (1.0 / k) * sde.backbone.velocity(context, x, times[step].expand(batch))[0]
         return x
 
-    return paired_ms(lambda: policy.sample_chain(obs), lambda: policy.predict_action_chunk(obs), bare_ode,
-                     repeats=repeats)
+    return paired_ms(lambda: sde.sample_chain(obs), lambda: noise.sample_chain(obs),
+                     lambda: sde.predict_action_chunk(obs), bare_ode, repeats=repeats)
 
 
-def bench_smolvla(checkpoint: Path, batch: int, k: int, repeats: int) -> tuple[float, float]:
+def bench_smolvla(checkpoint: Path, batch: int, k: int, repeats: int) -> tuple[float, float, float, None]:
     import tiny_vla as tv
 
     inputs, outputs = tv.features()
-    config = PiRLConfig(
-        variant=FlowSDEConfig(),
-        backbone=SmolVLABackboneConfig(pretrained_path=str(checkpoint)),
-        num_denoise_steps=k,
-        chunk_size=tv.CHUNK_SIZE,
-        n_action_steps=5,
-        device="cpu",
-        input_features=inputs,
-        output_features=outputs,
-    )
-    policy = PiRLPolicy(config).eval()
-    upstream = policy.backbone.policy  # same weights
+
+    def build(variant) -> PiRLPolicy:
+        config = PiRLConfig(
+            variant=variant,
+            backbone=SmolVLABackboneConfig(pretrained_path=str(checkpoint)),
+            num_denoise_steps=k,
+            chunk_size=tv.CHUNK_SIZE,
+            n_action_steps=5,
+            device="cpu",
+            input_features=inputs,
+            output_features=outputs,
+        )
+        return PiRLPolicy(config).eval()
+
+    sde, noise = build(FlowSDEConfig()), build(FlowNoiseConfig())  # the same checkpoint weights
+    upstream = sde.backbone.policy  # same weights
     upstream.config.num_steps = k
-    preprocessor, _ = make_pi_rl_pre_post_processors(config, None)
+    preprocessor, _ = make_pi_rl_pre_post_processors(sde.config, None)
     obs = preprocessor(tv.raw_observation(batch))
-    chain, det = paired_ms(lambda: policy.sample_chain(obs), lambda: upstream.predict_action_chunk(dict(obs)),
-                           repeats=repeats)
-    return chain, det, None
+    times = paired_ms(lambda: sde.sample_chain(obs), lambda: noise.sample_chain(obs),
+                      lambda: upstream.predict_action_chunk(dict(obs)), repeats=repeats)
+    return (*times, None)
 
 
 def main() -> None:
@@ -115,13 +130,14 @@ def main() -> None:
             rows.append(("smolvla (tiny)", batch, k, *bench_smolvla(checkpoint, batch, k, args.repeats)))
 
     print(f"torch threads: {torch.get_num_threads()}, best of {args.repeats} alternating runs")
-    header = (f"{'backbone':<16}{'B':>4}{'K':>4}{'sample_chain ms':>17}{'deterministic ms':>18}{'chain/det':>11}"
-              f"{'bare ODE ms':>13}{'chain/bare':>12}")
+    header = (f"{'backbone':<16}{'B':>4}{'K':>4}{'Flow-SDE ms':>13}{'Flow-Noise ms':>15}{'deterministic ms':>18}"
+              f"{'sde/det':>9}{'noise/det':>11}{'bare ODE ms':>13}{'sde/bare':>10}")
     print(header)
     print("-" * len(header))
-    for name, batch, k, chain, det, bare in rows:
-        tail = f"{bare:>13.2f}{chain / bare:>11.2f}x" if bare is not None else f"{'-':>13}{'-':>12}"
-        print(f"{name:<16}{batch:>4}{k:>4}{chain:>17.2f}{det:>18.2f}{chain / det:>10.2f}x{tail}")
+    for name, batch, k, sde, noise, det, bare in rows:
+        tail = f"{bare:>13.2f}{sde / bare:>9.2f}x" if bare is not None else f"{'-':>13}{'-':>10}"
+        print(f"{name:<16}{batch:>4}{k:>4}{sde:>13.2f}{noise:>15.2f}{det:>18.2f}{sde / det:>8.2f}x"
+              f"{noise / det:>10.2f}x{tail}")
 
 
 if __name__ == "__main__":

@@ -260,25 +260,6 @@ def test_validate_features_requires_action_and_an_observation() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Noise-level annealing
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def test_noise_level_annealing_is_linear_and_clamped() -> None:
-    sde = FlowSDEConfig(noise_level=0.5, noise_level_final=0.1, noise_anneal_updates=4)
-    values = [sde.noise_level_at(u) for u in (-3, 0, 1, 2, 3, 4, 5, 100)]
-    assert values == pytest.approx([0.5, 0.5, 0.4, 0.3, 0.2, 0.1, 0.1, 0.1])
-
-
-def test_noise_level_is_constant_without_annealing() -> None:
-    assert FlowSDEConfig(noise_level=0.3).noise_level_at(50) == 0.3
-    assert FlowSDEConfig(noise_level=0.3, noise_level_final=0.0).noise_level_at(50) == 0.3  # 0 updates: off
-    assert FlowSDEConfig(noise_level=0.3, noise_anneal_updates=10).noise_level_at(50) == 0.3  # no final: off
-    rising = FlowSDEConfig(noise_level=0.2, noise_level_final=0.6, noise_anneal_updates=2)
-    assert rising.noise_level_at(1) == pytest.approx(0.4)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # RL-runtime fields on the policy config (`lerobot-pi-rl-*` parse through `PiRLTrainRLServerPipelineConfig`)
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -391,3 +372,12 @@ def test_rl_runs_start_from_configs_saved_with_the_removed_fields(tmp_path) -> N
     for config_path in (tmp_path / "run" / "train_config.json", tmp_path / "run"):
         cfg = parse_runtime(f"--config_path={config_path}")
         assert isinstance(cfg.policy, PiRLConfig) and cfg.policy.chunk_size == 8
+
+
+def test_an_old_flow_sde_checkpoint_starts_a_flow_noise_run(tmp_path) -> None:
+    """Both updates at once: removed fields dropped and the variant switched to its own defaults."""
+    save_with_extra_fields(make_flow_mlp_config("flow_sde"), tmp_path / "sft", OLD_VALUES)
+    cfg = parse_runtime(f"--policy.path={tmp_path / 'sft'}", "--policy.variant.type=flow_noise",
+                        "--policy.variant.max_std=0.2")
+    assert isinstance(cfg.policy.variant, FlowNoiseConfig) and cfg.policy.variant.max_std == 0.2
+    assert cfg.policy.variant.min_std == FlowNoiseConfig().min_std

@@ -12,7 +12,7 @@ from lerobot.policies.common.flow_matching import euler_integrate
 from lerobot.policies.factory import make_pre_post_processors
 from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_STATE
 
-from lerobot_policy_pi_rl.configuration_pi_rl import PiRLConfig
+from lerobot_policy_pi_rl.configuration_pi_rl import FlowNoiseConfig, PiRLConfig
 from lerobot_policy_pi_rl.exploration import ChainRecord
 from lerobot_policy_pi_rl.modeling_pi_rl import PiRLPolicy
 
@@ -540,3 +540,90 @@ def test_processors_save_and_load_round_trip(tmp_path) -> None:
     action, action2 = post(normalized_action), post2(normalized_action)
     assert torch.allclose(action, torch.tensor([[-2.0, 0.0, 1.0, 2.0]]), atol=1e-5)
     assert torch.equal(action, action2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reliability: module mode, and an RL run of another variant started from an SFT checkpoint
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["sde_hybrid", "noise_sum"])
+def test_predict_action_chunk_leaves_the_module_mode_alone(name: str) -> None:
+    """Deployment sampling reads the weights; switching train/eval is the caller's business (a learner that
+    evaluates between updates must not find its policy in eval mode afterwards)."""
+    policy = build_policy(name)
+    batch = make_obs_batch(3)
+    policy.train()
+    policy.predict_action_chunk(batch)
+    policy.select_action(batch)
+    assert policy.training and all(m.training for m in policy.modules())
+    policy.eval()
+    policy.predict_action_chunk(batch)
+    assert not any(m.training for m in policy.modules())
+
+
+def _rl_policy_from_sft_checkpoint(sft_dir, *overrides: str) -> PiRLPolicy:
+    """Build the RL run's policy the way the learner and every actor do: `--policy.path=<SFT checkpoint>` parsed
+    by the entry points' `load_config`, then LeRobot's `make_policy` (as `lerobot-pi-rl-train` in the demo)."""
+    from lerobot.policies import make_policy
+
+    from lerobot_policy_pi_rl.runtime.cli import load_config
+
+    cfg = load_config([
+        f"--policy.path={sft_dir}", "--policy.device=cpu", *overrides, "--env.type=pi_rl_pickcube",
+        "--algorithm.type=pi_rl", f"--output_dir={sft_dir.parent / 'rl'}",
+    ])
+    return make_policy(cfg=cfg.policy, env_cfg=cfg.env)
+
+
+def test_a_flow_sde_sft_checkpoint_starts_a_flow_noise_rl_run(tmp_path, caplog) -> None:
+    sft = build_policy("sde_hybrid", seed=4)
+    sft.save_pretrained(tmp_path / "sft")
+    saved = load_file(tmp_path / "sft" / "model.safetensors")
+    assert not any(k.startswith("noise_head.") for k in saved)
+
+    with caplog.at_level("WARNING"):
+        policy = _rl_policy_from_sft_checkpoint(
+            tmp_path / "sft", "--policy.variant.type=flow_noise", "--policy.variant.max_std=0.2"
+        )
+
+    # the new variant starts from its own defaults, with its overrides; a setting of the old one is an error
+    assert policy.config.variant == FlowNoiseConfig(max_std=0.2)
+    assert policy.noise_head is not None
+    with pytest.raises(Exception, match="noise_level"):
+        _rl_policy_from_sft_checkpoint(
+            tmp_path / "sft", "--policy.variant.type=flow_noise", "--policy.variant.noise_level=0.3"
+        )
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "noise_head" in r.getMessage()]
+    assert len(warnings) == 1 and "initialized" in warnings[0], warnings
+    for key, value in saved.items():  # everything the checkpoint has is loaded
+        assert torch.equal(policy.state_dict()[key], value), key
+    # the fresh head is a working Flow-Noise head: bounded std, chains that re-score exactly
+    batch = make_obs_batch(4)
+    sample = policy.sample_chain(batch, generator=gen(21))
+    evaluation = policy.evaluate_chain(batch, sample.record)
+    assert torch.equal(evaluation.log_prob.detach(), sample.log_prob)
+    lo, hi = policy.config.variant.min_std, policy.config.variant.max_std
+    assert ((evaluation.std_mean >= lo) & (evaluation.std_mean <= hi)).all()
+
+
+def test_an_sft_checkpoint_missing_anything_else_still_fails_to_start_an_rl_run(tmp_path) -> None:
+    sft = build_policy("sde_hybrid", seed=4)
+    sft.save_pretrained(tmp_path / "sft")
+    weights = load_file(tmp_path / "sft" / "model.safetensors")
+    del weights["backbone.action_out_proj.weight"]
+    save_file(weights, tmp_path / "sft" / "model.safetensors")
+    with pytest.raises(RuntimeError, match=r"Missing key.*backbone\.action_out_proj\.weight"):
+        _rl_policy_from_sft_checkpoint(tmp_path / "sft", "--policy.variant.type=flow_noise")
+
+
+def test_a_flow_noise_checkpoint_starts_a_flow_sde_rl_run_without_its_noise_head(tmp_path, caplog) -> None:
+    build_policy("noise_sum", seed=4).save_pretrained(tmp_path / "sft")
+    saved = load_file(tmp_path / "sft" / "model.safetensors")
+    with caplog.at_level("WARNING"):
+        policy = _rl_policy_from_sft_checkpoint(tmp_path / "sft", "--policy.variant.type=flow_sde")
+    assert policy.config.variant.type == "flow_sde" and policy.noise_head is None
+    assert any("noise_head" in r.getMessage() and "ignored" in r.getMessage() for r in caplog.records)
+    for key, value in policy.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+

@@ -41,11 +41,17 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class VariantConfig(draccus.ChoiceRegistry, abc.ABC):
-    """How the deterministic flow ODE is made stochastic (and therefore scorable) during RL."""
+    """How the deterministic flow ODE is made stochastic (and therefore scorable) during RL.
+
+    The settings only: what a variant does lives in `lerobot_policy_pi_rl.exploration` (`make_exploration`).
+    """
 
     @property
     def type(self) -> str:
         return self.get_choice_name(self.__class__)
+
+    def check_num_denoise_steps(self, num_denoise_steps: int) -> None:
+        """Raise `ValueError` naming the setting when this variant cannot run with `num_denoise_steps` steps."""
 
 
 FLOW_SDE_STOCHASTIC_STEPS = ("hybrid", "all")
@@ -81,12 +87,12 @@ class FlowSDEConfig(VariantConfig):
         )
         check_choice("variant.stochastic_steps", self.stochastic_steps, FLOW_SDE_STOCHASTIC_STEPS)
 
-    def noise_level_at(self, update: int) -> float:
-        """Noise level `a` after `update` policy updates (linear annealing when configured)."""
-        if self.noise_level_final is None or self.noise_anneal_updates <= 0:
-            return self.noise_level
-        frac = min(max(update, 0) / self.noise_anneal_updates, 1.0)
-        return self.noise_level + frac * (self.noise_level_final - self.noise_level)
+    def check_num_denoise_steps(self, num_denoise_steps: int) -> None:
+        if self.exclude_last_step:
+            require(
+                num_denoise_steps >= 2,
+                f"variant.exclude_last_step=true needs num_denoise_steps >= 2, got {num_denoise_steps}",
+            )
 
 
 FLOW_NOISE_REDUCTIONS = ("sum", "mean")
@@ -118,6 +124,17 @@ class FlowNoiseConfig(VariantConfig):
             f"variant.noise_head_hidden_dims={self.noise_head_hidden_dims} must be positive",
         )
         check_choice("variant.log_prob_reduction", self.log_prob_reduction, FLOW_NOISE_REDUCTIONS)
+
+
+def _override_value(cli_overrides: list[str], name: str) -> str | None:
+    """The last value given to `--<name>` in `--<name>=<value>` or `--<name> <value>` form, else None."""
+    value = None
+    for i, arg in enumerate(cli_overrides):
+        if arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+        elif arg == f"--{name}" and i + 1 < len(cli_overrides):
+            value = cli_overrides[i + 1]
+    return value
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -321,11 +338,7 @@ class PiRLConfig(PreTrainedConfig):
             f"n_action_steps={self.n_action_steps} must be in [1, chunk_size={self.chunk_size}]",
         )
         check_choice("log_prob_level", self.log_prob_level, LOG_PROB_LEVELS)
-        if isinstance(self.variant, FlowSDEConfig) and self.variant.exclude_last_step:
-            require(
-                self.num_denoise_steps >= 2,
-                f"variant.exclude_last_step=true needs num_denoise_steps >= 2, got {self.num_denoise_steps}",
-            )
+        self.variant.check_num_denoise_steps(self.num_denoise_steps)
         if self.value_head.feature_source != "auto":
             allowed = {
                 "flow_mlp": ("observation",),
@@ -432,13 +445,29 @@ def drop_removed_fields(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_policy_config(path: str | Path, cli_overrides: list[str] | None = None) -> PreTrainedConfig:
-    """`PreTrainedConfig.from_pretrained(path)` (a local directory or a hub id) that also loads a local pi_rl
-    config.json saved with `REMOVED_FIELDS`."""
+    """`PreTrainedConfig.from_pretrained(path, cli_overrides=...)` (a local directory or a hub id), except that a
+    local pi_rl config.json is first brought up to date:
+
+    * fields in `REMOVED_FIELDS` (saved by older versions) are dropped with a warning;
+    * choosing another exploration variant (`--variant.type=flow_noise` over a Flow-SDE checkpoint) starts that
+      variant from its own defaults. LeRobot merges a saved config with the overrides field by field, so the
+      saved variant's settings would reach the new variant and fail to parse (`noise_level` is no Flow-Noise
+      field). Only a change of variant drops them; `--variant.*` overrides of the chosen variant apply as usual.
+    """
+    cli_overrides = list(cli_overrides or [])
     config_file = Path(path) / CONFIG_NAME
     raw = json.loads(config_file.read_text()) if config_file.is_file() else {}
-    migrated = drop_removed_fields(raw)
-    if migrated is raw:
-        return PreTrainedConfig.from_pretrained(path, cli_overrides=cli_overrides or [])
+    updated = drop_removed_fields(raw)
+    requested = _override_value(cli_overrides, "variant.type")
+    variant = updated.get("variant")
+    if updated.get("type") == "pi_rl" and requested and isinstance(variant, dict) and variant.get("type") != requested:
+        logger.info(
+            "policy.variant: %s (saved in %s) -> %s; the saved variant's settings are not carried over",
+            variant.get("type"), path, requested,
+        )
+        updated = {**updated, "variant": {"type": requested}}
+    if updated is raw:
+        return PreTrainedConfig.from_pretrained(path, cli_overrides=cli_overrides)
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / CONFIG_NAME).write_text(json.dumps(migrated))
-        return PreTrainedConfig.from_pretrained(tmp, cli_overrides=cli_overrides or [])
+        (Path(tmp) / CONFIG_NAME).write_text(json.dumps(updated))
+        return PreTrainedConfig.from_pretrained(tmp, cli_overrides=cli_overrides)

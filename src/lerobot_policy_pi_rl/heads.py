@@ -24,6 +24,12 @@ class NoiseHead(nn.Module):
         self.min_std, self.max_std = min_std, max_std
         self.mlp = _mlp(token_dim, hidden_dims, action_dim, nn.Tanh)
 
+    def reset_parameters(self) -> None:
+        """Initialize every layer afresh (PyTorch's default `nn.Linear` initialization, as at construction)."""
+        for layer in self.mlp:
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()
+
     def forward(self, hidden: Tensor) -> Tensor:
         """`[B, H, W]` -> std `[B, H, A]` in [min_std, max_std], float32."""
         return noise_std_from_raw(self.mlp(hidden.float()), min_std=self.min_std, max_std=self.max_std)

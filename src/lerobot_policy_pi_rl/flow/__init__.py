@@ -17,7 +17,13 @@ from .chain import (
     score_transition,
 )
 from .flow_noise import flow_noise_step, noise_std_from_raw
-from .flow_sde import flow_sde_coefficient_table, flow_sde_coefficients, flow_sde_sigma, flow_sde_step
+from .flow_sde import (
+    SDECoefficients,
+    flow_sde_coefficient_table,
+    flow_sde_coefficients,
+    flow_sde_sigma,
+    flow_sde_step,
+)
 from .gaussian import (
     gaussian_entropy,
     gaussian_log_prob,
@@ -29,6 +35,7 @@ from .time_grid import time_grid
 
 __all__ = [
     "ChainTransition",
+    "SDECoefficients",
     "chain_log_prob",
     "chain_step_log_probs",
     "score_transition",

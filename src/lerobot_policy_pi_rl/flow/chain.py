@@ -2,7 +2,8 @@
 
 A *step function* maps `(x_t [B, H, A], t [B], stochastic [B] bool)` to the Gaussian transition
 `(mean, std)` of x_{t - dt}, both `[B, H, A]` float32, with `std == 0` for samples whose step is an ODE step.
-The policy builds it from its backbone's velocity and its exploration variant; these functions only chain it.
+An exploration variant (`lerobot_policy_pi_rl.exploration`) builds it from the backbone's velocity and its
+step function (`flow_sde_step`, `flow_noise_step`); these functions only chain it.
 """
 
 from __future__ import annotations

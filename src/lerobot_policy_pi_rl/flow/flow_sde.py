@@ -9,8 +9,19 @@ With a = 0 this is exactly the Euler step x_t - dt * v.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
+
+
+class SDECoefficients(NamedTuple):
+    """The SDE transition as `mean = x_coef * x_t + v_coef * v` with std `std`, float32 (shapes as documented
+    where returned)."""
+
+    x_coef: Tensor
+    v_coef: Tensor
+    std: Tensor
 
 
 def flow_sde_sigma(t: Tensor, *, noise_level: float | Tensor, dt: float) -> Tensor:
@@ -24,9 +35,7 @@ def flow_sde_sigma(t: Tensor, *, noise_level: float | Tensor, dt: float) -> Tens
     return noise_level * torch.sqrt(t / denom)
 
 
-def flow_sde_coefficients(
-    t: Tensor, *, dt: float, noise_level: float | Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
+def flow_sde_coefficients(t: Tensor, *, dt: float, noise_level: float | Tensor) -> SDECoefficients:
     """The SDE transition as `mean = x_coef * x_t + v_coef * v`, `std`, for times `t` (any shape), float32.
 
     With c = sigma_t^2 / (2 t):  x_t - dt * [v + c * (x_t + (1 - t) v)] = (1 - dt c) x_t - dt (1 + c (1 - t)) v.
@@ -44,7 +53,7 @@ def flow_sde_coefficients(
     std = noise_level * torch.sqrt(ratio)
     if isinstance(noise_level, Tensor):
         std = torch.where(std == 0, torch.zeros_like(std), std)
-    return x_coef, v_coef, std
+    return SDECoefficients(x_coef, v_coef, std)
 
 
 def flow_sde_step(
@@ -69,9 +78,7 @@ def flow_sde_step(
     return mean, std.expand_as(mean)
 
 
-def flow_sde_coefficient_table(
-    times: Tensor, stochastic: Tensor, *, noise_level: float | Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
+def flow_sde_coefficient_table(times: Tensor, stochastic: Tensor, *, noise_level: float | Tensor) -> SDECoefficients:
     """Every step's transition `mean = x_coef * x_t + v_coef * v`, `std`, for chains with given SDE steps.
 
     Args:
@@ -80,10 +87,10 @@ def flow_sde_coefficient_table(
             one-hot(j); full SDE: a single row of ones).
         noise_level: `a`, a float or a 0-dim tensor.
     Returns:
-        `(x_coef, v_coef, std)`, each `[R, K]` float32: `flow_sde_coefficients(t_k)` where `stochastic[r, k]`
-        (bit for bit what a per-sample call with a tensor noise level gives, as the learner computes it), and
-        exactly `(1, -dt, 0)` elsewhere, so that `x_coef * x + v_coef * v` is the Euler step `x - dt * v` bit for
-        bit (`1 * x == x` and `(-dt) * v == -(dt * v)` in IEEE arithmetic).
+        `SDECoefficients` `(x_coef, v_coef, std)`, each `[R, K]` float32: `flow_sde_coefficients(t_k)` where
+        `stochastic[r, k]` (bit for bit what a per-sample call with a tensor noise level gives, as the learner
+        computes it), and exactly `(1, -dt, 0)` elsewhere, so that `x_coef * x + v_coef * v` is the Euler step
+        `x - dt * v` bit for bit (`1 * x == x` and `(-dt) * v == -(dt * v)` in IEEE arithmetic).
     """
     num_steps = times.shape[0] - 1
     dt = 1.0 / num_steps
@@ -95,5 +102,4 @@ def flow_sde_coefficient_table(
     sde = flow_sde_coefficients(t, dt=dt, noise_level=level)
     ode = (torch.ones_like(t), torch.full_like(t, -dt), torch.zeros_like(t))
     on = stochastic.to(device=t.device, dtype=torch.bool)
-    x_coef, v_coef, std = (torch.where(on, s, o) for s, o in zip(sde, ode, strict=True))
-    return x_coef, v_coef, std
+    return SDECoefficients(*(torch.where(on, s, o) for s, o in zip(sde, ode, strict=True)))

@@ -22,7 +22,6 @@ from torch.optim import Optimizer
 from lerobot.rl.algorithms.base import RLAlgorithm
 from lerobot.rl.algorithms.configs import TrainingStats
 
-from ..configuration_pi_rl import FlowNoiseConfig, FlowSDEConfig
 from .config import GRPOConfig, PiRLAlgorithmConfig
 from .gae import stream_gae
 from .grpo import grpo_advantages, normalize_advantages
@@ -181,9 +180,7 @@ class PiRLAlgorithm(RLAlgorithm):
         return stats
 
     def _apply_noise_schedule(self) -> None:
-        variant = self.policy.config.variant
-        if isinstance(variant, FlowSDEConfig):
-            self.policy.set_noise_level(variant.noise_level_at(self._num_updates))
+        self.policy.apply_exploration_schedule(self._num_updates)
 
     def _drop_stale(self, rollout: Rollout) -> tuple[Rollout, int]:
         fresh = rollout.policy_version >= self._policy_version - self.config.staleness
@@ -299,7 +296,7 @@ class PiRLAlgorithm(RLAlgorithm):
     ) -> TrainingStats:
         cfg = self.config
         n = len(rollout)
-        use_entropy = isinstance(self.policy.config.variant, FlowNoiseConfig) and cfg.entropy_coef > 0
+        use_entropy = self.policy.exploration.learns_std and cfg.entropy_coef > 0
         use_critic = cfg.advantage.uses_critic and cfg.value_coef > 0
         warmup = use_critic and self._num_updates < cfg.critic_warmup_updates
         stepped = {"critic"} if warmup else set(self.optimizers)
