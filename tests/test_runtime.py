@@ -1,4 +1,4 @@
-"""PI-RL runtime: transition schema, validation, CLI errors, actor <-> learner over real gRPC, kill + resume.
+"""PI-RL runtime: CLI errors, actor <-> learner over real gRPC, kill + resume.
 
 CPU only, loopback, free ports, bounded time. The end-to-end tests run the real entry points as subprocesses on
 the state-only PickCube env with a tiny flow_mlp.
@@ -24,20 +24,11 @@ os.environ.setdefault("MUJOCO_GL", "osmesa")
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from lerobot.transport.utils import (  # noqa: E402
-    bytes_to_transitions,
-    state_to_bytes,
-    transitions_to_bytes,
-)
+from lerobot.transport.utils import bytes_to_transitions, state_to_bytes  # noqa: E402
 from lerobot.utils.transition import Transition  # noqa: E402
 
-from lerobot_policy_pi_rl.runtime import transitions as T  # noqa: E402
-from lerobot_policy_pi_rl.runtime.transitions import (  # noqa: E402
-    DropCounts,
-    NotAPiRLTransition,
-    chunk_to_transition,
-    transitions_to_rollout,
-)
+from lerobot_policy_pi_rl.runtime import schema as S  # noqa: E402
+from lerobot_policy_pi_rl.runtime.schema import transitions_to_rollout  # noqa: E402
 
 K, H, A, C = 2, 4, 4, 4
 
@@ -46,89 +37,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def make_chunk(stream: int = 0, index: int = 0, *, reward: float = 1.0, log_prob: float = -1.0, version: int = 0,
-               session: int = 7, terminated: bool = False, truncated: bool = False, executed: int = C) -> Transition:
-    obs = {"observation.state": torch.randn(1, 18), "observation.environment_state": torch.randn(1, 3)}
-    nxt = {k: torch.randn_like(v) for k, v in obs.items()}
-    return chunk_to_transition(
-        observation=obs, next_observation=nxt, executed_actions=torch.randn(executed, A), reward=reward,
-        terminated=terminated, truncated=truncated, chain=torch.randn(1, K + 1, H, A),
-        stochastic=torch.nn.functional.one_hot(torch.tensor(1), K).bool(),
-        noise_level=torch.tensor([0.5]), log_prob=torch.tensor([log_prob]), value=torch.tensor([0.25]),
-        policy_version=version, learner_session=session, stream_id=stream, chunk_index=index, success=terminated,
-        group_id=-1, is_intervention=False,
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Schema
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def test_chunk_transitions_round_trip_through_transport_into_rollout():
-    sent = [make_chunk(0, 0), make_chunk(1, 0), make_chunk(0, 1, terminated=True, executed=2), make_chunk(1, 1)]
-    received = bytes_to_transitions(transitions_to_bytes(sent))  # torch.load(weights_only=True)
-    assert len(received) == 4
-    for tr in received:
-        assert set(T.REQUIRED_KEYS) <= set(tr["complementary_info"])
-    rollout = transitions_to_rollout(received)
-    assert len(rollout) == 4
-    assert rollout.chain.shape == (4, K + 1, H, A) and rollout.chain.dtype == torch.float32
-    assert rollout.observations["observation.state"].shape == (4, 18)
-    assert rollout.next_observations["observation.environment_state"].shape == (4, 3)
-    assert rollout.stochastic.dtype == torch.bool and rollout.stochastic.shape == (4, K)
-    assert rollout.stochastic.float().argmax(dim=1).tolist() == [1, 1, 1, 1]
-    assert rollout.log_prob.shape == (4,) and rollout.value.shape == (4,)
-    assert rollout.terminated.tolist() == [False, False, True, False]
-    assert rollout.stream_id.tolist() == [0, 1, 0, 1]
-    assert torch.equal(rollout.chain[0], sent[0]["complementary_info"][T.CHAIN])
-    assert received[2]["action"].shape == (2, A)  # executed actions, cut at the done
-
-
-def test_sac_style_transition_is_rejected_and_logged_once(caplog):
-    from lerobot_policy_pi_rl.runtime.learner import Counters, PiRLLearner
-
-    sac = Transition(state={"observation.state": torch.zeros(1, 18)}, action=torch.zeros(1, 4), reward=0.0,
-                     next_state={"observation.state": torch.zeros(1, 18)}, done=False, truncated=False,
-                     complementary_info={"discrete_penalty": torch.tensor([0.0]), "is_intervention": False})
-    sac = bytes_to_transitions(transitions_to_bytes([sac]))[0]
-    with pytest.raises(NotAPiRLTransition, match="missing"):
-        transitions_to_rollout([sac])
-
-    learner = PiRLLearner.__new__(PiRLLearner)  # only the validation stage, no model or server
-    learner.foreign, learner.drops, learner.counters, learner.session = (
-        T.ForeignTransitionLog(logging.getLogger("test")), DropCounts(), Counters(), 7)
-    with caplog.at_level(logging.ERROR):
-        for _ in range(3):
-            assert learner.accept([sac, sac]) == []
-    assert learner.drops.rejected == 6
-    assert sum("not a PI-RL chunk transition" in r.message for r in caplog.records) == 1
-    assert len(learner.accept([make_chunk()])) == 1  # PI-RL rows from another actor still flow
-
-
-def test_nonfinite_rows_are_dropped_and_counted():
-    rows = [make_chunk(0, 0), make_chunk(0, 1, reward=float("nan")), make_chunk(0, 2, log_prob=float("inf")),
-            make_chunk(0, 3)]
-    rows[3]["complementary_info"][T.CHAIN][0, 0, 0] = float("nan")
-    rows.append(make_chunk(0, 4))
-    counts = DropCounts()
-    rollout = transitions_to_rollout(rows, counts)
-    assert len(rollout) == 2 and counts.nonfinite == 3
-    # The dropped rows leave a gap in stream 0: the GAE trace must not run across it.
-    assert rollout.stream_id[0] != rollout.stream_id[1]
-
-
-def test_rows_of_another_learner_run_and_stale_rows_are_dropped():
-    from lerobot_policy_pi_rl.runtime.learner import Counters, PiRLLearner
-
-    learner = PiRLLearner.__new__(PiRLLearner)
-    learner.foreign, learner.drops, learner.counters, learner.session = (
-        T.ForeignTransitionLog(), DropCounts(), Counters(), 7)
-    kept = learner.accept([make_chunk(session=7), make_chunk(session=99), make_chunk(session=7, version=0)])
-    assert len(kept) == 2 and learner.drops.foreign_session == 1
-    assert learner.counters.interaction_steps == 3 * C
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -254,16 +162,16 @@ def test_actor_streams_chunk_transitions_and_applies_versioned_weights(tmp_path)
     assert len(rows) == 12, log[-3000:]
     for tr in rows:
         info = tr["complementary_info"]
-        assert set(T.REQUIRED_KEYS) <= set(info)
-        assert info[T.CHAIN].shape == (K + 1, H, A) and info[T.CHAIN].dtype == torch.float32
-        assert info[T.LOG_PROB].shape == () and info[T.VALUE].shape == ()
+        assert set(S.REQUIRED_KEYS) <= set(info)
+        assert info[S.CHAIN.key].shape == (K + 1, H, A) and info[S.CHAIN.key].dtype == torch.float32
+        assert info[S.LOG_PROB.key].shape == () and info[S.VALUE.key].shape == ()
         assert 1 <= tr["action"].shape[0] <= C and tr["action"].shape[1] == A
         assert tr["state"]["observation.state"].shape == (1, 18)
         assert tr["next_state"]["observation.environment_state"].shape == (1, 3)
-        assert int(info[T.LEARNER_SESSION]) == 7
-    versions = [int(tr["complementary_info"][T.POLICY_VERSION]) for tr in rows]
+        assert int(info[S.LEARNER_SESSION.key]) == 7
+    versions = [int(tr["complementary_info"][S.POLICY_VERSION.key]) for tr in rows]
     assert versions == sorted(versions) and versions[-1] >= 1, versions
-    assert {int(tr["complementary_info"][T.STREAM_ID]) for tr in rows} == {0, 1}
+    assert {int(tr["complementary_info"][S.STREAM_ID.key]) for tr in rows} == {0, 1}
     applied = [int(v) for v in re.findall(r"applied weights version (\d+)", log)]
     assert applied[:1] == [0] and applied == sorted(applied) and len(applied) >= 2, applied
     rollout = transitions_to_rollout(rows)

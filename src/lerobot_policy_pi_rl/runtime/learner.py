@@ -46,18 +46,8 @@ from lerobot.utils.transition import Transition
 
 from .config import PiRLTrainRLServerPipelineConfig, apply_torch_threads, policy_dataset_stats
 from .console import setup_logging
-from .metrics import EpisodeWindow
-from .transitions import (
-    LEARNER_SESSION,
-    NUM_EXECUTED,
-    POLICY_VERSION,
-    DropCounts,
-    ForeignTransitionLog,
-    NotAPiRLTransition,
-    is_finite_transition,
-    check_pi_rl_transition,
-    transitions_to_rollout,
-)
+from .metrics import Counters, DropCounts, EpisodeWindow
+from .schema import NUM_EXECUTED, POLICY_VERSION, ForeignTransitionLog, NotAPiRLTransition, admit, transitions_to_rollout
 from .transport import (
     LEARNER_SESSION_KEY,
     TRAINING_DONE_KEY,
@@ -82,14 +72,6 @@ class Transport:
     parameters_queue: Any
     service: BroadcastLearnerService
     server: Any
-
-
-@dataclass
-class Counters:
-    updates: int = 0
-    interaction_steps: int = 0
-    chunks_received: int = 0
-    episodes: int = 0
 
 
 class PiRLLearner:
@@ -137,7 +119,7 @@ class PiRLLearner:
                 logger.info("[LEARNER] shutdown requested after %d updates", self.counters.updates)
                 break
             t_collect = time.perf_counter() - t0
-            stats = self.algorithm.update_rollout(transitions_to_rollout(rows, self.drops))
+            stats = self.algorithm.update_rollout(transitions_to_rollout(rows))
             self.counters.updates += 1
             self.publish_weights()
             self.log_update(stats, rows, t_collect, time.perf_counter() - t0)
@@ -176,31 +158,22 @@ class PiRLLearner:
         return rows
 
     def accept(self, transitions: list[Transition]) -> list[Transition]:
-        """Validate one actor message: foreign senders are logged once and dropped, non-finite rows counted."""
+        """The arrival check of one actor message: foreign senders are logged once and rejected; rows of another
+        learner session or with NaN/inf are dropped and counted."""
         try:
-            for tr in transitions:
-                check_pi_rl_transition(tr)
+            kept = admit(transitions, session=self.session, drops=self.drops)
         except NotAPiRLTransition as err:
             self.foreign.report(err)
             self.drops.rejected += len(transitions)
             return []
-        kept = []
-        for tr in transitions:
-            info = tr["complementary_info"]
-            self.counters.chunks_received += 1
-            self.counters.interaction_steps += int(info[NUM_EXECUTED])
-            if int(info[LEARNER_SESSION]) != self.session:
-                self.drops.foreign_session += 1
-            elif not is_finite_transition(tr):
-                self.drops.nonfinite += 1
-            else:
-                kept.append(tr)
+        self.counters.chunks_received += len(transitions)
+        self.counters.interaction_steps += sum(int(tr["complementary_info"][NUM_EXECUTED.key]) for tr in transitions)
         return kept
 
     def _fresh(self, rows: list[Transition]) -> list[Transition]:
         """Rows within the staleness bound of the current version (older ones are dropped and counted)."""
         oldest = self.algorithm.policy_version - self.cfg.algorithm.staleness
-        fresh = [tr for tr in rows if int(tr["complementary_info"][POLICY_VERSION]) >= oldest]
+        fresh = [tr for tr in rows if int(tr["complementary_info"][POLICY_VERSION.key]) >= oldest]
         self.drops.stale += len(rows) - len(fresh)
         self.pending = fresh
         return fresh
