@@ -12,7 +12,7 @@ from bandit import bandit_config, collect_rollout, expected_reward, pretrain_med
 from lerobot.rl.algorithms.configs import RLAlgorithmConfig
 from lerobot_policy_pi_rl.configuration_pi_rl import FlowNoiseConfig, FlowSDEConfig
 from lerobot_policy_pi_rl.modeling_pi_rl import PiRLPolicy
-from lerobot_policy_pi_rl.rl.algorithm import PiRLAlgorithm, RatioMismatchError
+from lerobot_policy_pi_rl.rl.algorithm import PiRLAlgorithm, RatioMismatchError, UpdateResult
 from lerobot_policy_pi_rl.rl.config import GAEConfig, GRPOConfig, PiRLAlgorithmConfig
 
 
@@ -103,7 +103,7 @@ def test_from_policy_config_rejects_other_policies():
 
 def test_update_increments_version_and_reports_diagnostics():
     policy, algo = build(FlowNoiseConfig(), minibatch_size=32, update_epochs=2)
-    stats = algo.update_rollout(rollout_for(policy, algo))
+    stats = algo.update_rollout(rollout_for(policy, algo)).stats
     assert algo.policy_version == 1 and algo.num_updates == 1
     log = stats.to_log_dict()
     for key in (
@@ -115,6 +115,25 @@ def test_update_increments_version_and_reports_diagnostics():
     assert log["numerics/steps_taken"] == 4 and log["numerics/steps_skipped"] == 0
     # Flow-Noise std is bounded by the head.
     assert 0.08 <= log["flow/std_mean"] <= 0.16
+
+
+def test_update_rollout_returns_a_typed_result_and_update_keeps_lerobots_contract():
+    from lerobot.rl.algorithms.configs import TrainingStats
+
+    policy, algo = build(minibatch_size=32, update_epochs=2)
+    result = algo.update_rollout(rollout_for(policy, algo))
+    assert isinstance(result, UpdateResult) and isinstance(result.stats, TrainingStats)
+    assert (result.steps_taken, result.steps_skipped, result.version_moved, result.weights_changed) == (4, 0, True, True)
+    # LeRobot's RLAlgorithm.update(batch_iterator) -> TrainingStats.
+    stats = algo.update(iter([rollout_for(policy, algo, seed=2)]))
+    assert isinstance(stats, TrainingStats) and stats.extra["numerics/steps_taken"] == 4
+    assert algo.policy_version == 2
+
+
+def test_staleness_rule_has_one_home():
+    _, algo = build(staleness=2)
+    algo._policy_version = 5
+    assert algo.fresh(torch.tensor([2, 3, 4, 5, 6])).tolist() == [False, True, True, True, True]
 
 
 def test_state_dict_round_trip_keeps_optimizer_parameter_identity():
@@ -183,7 +202,7 @@ def test_non_finite_values_skip_every_step_and_leave_weights_bit_identical(where
     else:
         policy.backbone.action_out_proj.weight.register_hook(lambda g: torch.full_like(g, float("nan")))
     before = snapshot(policy)
-    stats = algo.update_rollout(rollout)
+    stats = algo.update_rollout(rollout).stats
     assert stats.extra["numerics/steps_taken"] == 0
     assert stats.extra["numerics/steps_skipped"] == 8
     for k, v in policy.state_dict().items():
@@ -226,7 +245,7 @@ def test_stale_rows_are_dropped_and_counted():
     rollout = rollout_for(policy, algo)
     rollout.policy_version[:10] = 3  # two versions old: beyond the bound
     rollout.policy_version[10:20] = 4  # one version old: kept, reweighted
-    stats = algo.update_rollout(rollout)
+    stats = algo.update_rollout(rollout).stats
     assert stats.extra["samples/dropped_stale"] == 10
     assert stats.extra["samples/used"] == 54
 
@@ -236,7 +255,7 @@ def test_interventions_are_masked_out_of_the_ratio():
     rollout = rollout_for(policy, algo)
     rollout.intervention[:] = True
     before = {k: v.clone() for k, v in policy.state_dict().items() if k.startswith("backbone.")}
-    stats = algo.update_rollout(rollout)
+    stats = algo.update_rollout(rollout).stats
     assert stats.extra["samples/used"] == 0 and stats.extra["samples/interventions"] == 64
     # No policy-gradient signal: actor weights unchanged (the critic still learns from the rewards).
     for k, v in before.items():
@@ -253,7 +272,7 @@ def test_grpo_uses_group_relative_success_and_drops_uniform_groups():
     # group 0: scores (1, 0, 0, 0): mean 0.25, unbiased std 0.5
     assert advantages[0].item() == pytest.approx(1.5, rel=1e-5)
     assert advantages[1].item() == pytest.approx(-0.5, rel=1e-5)
-    stats = algo.update_rollout(rollout)
+    stats = algo.update_rollout(rollout).stats
     assert stats.extra["numerics/steps_taken"] > 0
 
 
@@ -261,12 +280,12 @@ def test_critic_warmup_trains_only_the_value_head_and_keeps_the_version():
     policy, algo = build(critic_warmup_updates=1)
     actor_before = {k: v.clone() for k, v in policy.state_dict().items() if not k.startswith("value_head.")}
     critic_before = policy.value_head.mlp[0].weight.clone()
-    stats = algo.update_rollout(rollout_for(policy, algo))
+    stats = algo.update_rollout(rollout_for(policy, algo)).stats
     assert stats.extra["ppo/critic_warmup"] == 1.0 and algo.policy_version == 0
     for k, v in actor_before.items():
         assert torch.equal(policy.state_dict()[k], v), k
     assert not torch.equal(policy.value_head.mlp[0].weight, critic_before)
-    stats = algo.update_rollout(rollout_for(policy, algo, seed=2))  # warm-up over: the actor trains
+    stats = algo.update_rollout(rollout_for(policy, algo, seed=2)).stats  # warm-up over: the actor trains
     assert stats.extra["ppo/critic_warmup"] == 0.0 and algo.policy_version == 1
     assert not torch.equal(policy.backbone.action_out_proj.weight, actor_before["backbone.action_out_proj.weight"])
 

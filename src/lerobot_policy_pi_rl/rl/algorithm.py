@@ -1,10 +1,12 @@
 """PI-RL as a LeRobot `RLAlgorithm`: chunk-level PPO on the denoising chain's log-likelihood.
 
 One `update_rollout` is one PPO update, read as the algorithm:
-    drop stale rows  ->  bootstrap values  ->  advantages (GAE per stream, or GRPO)  ->
+    drop stale rows (`fresh`, the one staleness rule)  ->  bootstrap values  ->  advantages (GAE per stream, or GRPO)  ->
     [ratio guard on the first minibatch]  ->  update_epochs x shuffled minibatches of
     (evaluate chain -> clipped surrogate + clipped Huber value loss - entropy bonus -> finite? -> clip -> step)
-    ->  policy_version += 1, anneal the Flow-SDE noise level.
+    ->  policy_version += 1 (when an actor step was taken), anneal the Flow-SDE noise level.
+It returns an `UpdateResult`: what the update did (steps taken and skipped, whether the version moved), typed, for
+the runtime's control flow, beside the `TrainingStats` for logging.
 Formulas: docs/concepts.md. Log-probs, ratios and advantages are float32 throughout.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,6 +41,25 @@ class RatioMismatchError(RuntimeError):
 
 def _finite(*tensors: Tensor) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+@dataclass
+class UpdateResult:
+    """What one `PiRLAlgorithm.update_rollout` did."""
+
+    #: Losses, gradient norms and diagnostics, for logging only (LeRobot's `update()` returns these).
+    stats: TrainingStats
+    #: Optimizer steps applied.
+    steps_taken: int
+    #: Minibatches whose step was skipped for a non-finite log-prob, value, loss or gradient.
+    steps_skipped: int
+    #: The policy version advanced (an actor step was taken: not during critic warm-up).
+    version_moved: bool
+
+    @property
+    def weights_changed(self) -> bool:
+        """Some parameters moved (actors need the new weights); False when every step was skipped."""
+        return self.steps_taken > 0
 
 
 class PiRLAlgorithm(RLAlgorithm):
@@ -141,9 +163,14 @@ class PiRLAlgorithm(RLAlgorithm):
         rollout = next(batch_iterator)
         if not isinstance(rollout, Rollout):
             raise TypeError(f"PiRLAlgorithm.update consumes whole Rollouts, got {type(rollout).__name__}")
-        return self.update_rollout(rollout)
+        return self.update_rollout(rollout).stats
 
-    def update_rollout(self, rollout: Rollout) -> TrainingStats:
+    def fresh(self, policy_version: Tensor) -> Tensor:
+        """The staleness rule (its only home): rows sampled by weights at most `config.staleness` versions older
+        than the current ones are fresh; older rows are dropped (`policy_version [N]` long -> `[N]` bool)."""
+        return policy_version >= self._policy_version - self.config.staleness
+
+    def update_rollout(self, rollout: Rollout) -> UpdateResult:
         """One PPO (or GRPO) update on a whole on-policy rollout of chunk steps."""
         if not self.optimizers:
             self.make_optimizers_and_scheduler()
@@ -153,7 +180,9 @@ class PiRLAlgorithm(RLAlgorithm):
 
         rollout, dropped_stale = self._drop_stale(rollout)
         if len(rollout) == 0:
-            return TrainingStats(extra={"samples/used": 0.0, "samples/dropped_stale": float(dropped_stale)})
+            stats = TrainingStats(extra={"samples/used": 0.0, "samples/dropped_stale": float(dropped_stale)})
+            return UpdateResult(stats, steps_taken=0, steps_skipped=0, version_moved=False)
+        warmup = self._in_critic_warmup()
         advantages, returns, keep = self._advantages(rollout)
         ratio_mask = keep.clone()
         if self.config.mask_interventions:
@@ -161,7 +190,8 @@ class PiRLAlgorithm(RLAlgorithm):
         old_log_prob, behaviour_weight = self._proximal_log_prob(rollout)
         if self.config.normalize_advantages and bool(keep.any()):
             advantages = normalize_advantages(advantages, mask=keep)
-        stats = self._ppo_epochs(rollout, advantages, returns, old_log_prob, behaviour_weight, ratio_mask, keep)
+        result = self._ppo_epochs(rollout, advantages, returns, old_log_prob, behaviour_weight, ratio_mask, keep, warmup)
+        stats = result.stats
         stats.extra.update(
             {
                 "samples/used": float(ratio_mask.sum()),
@@ -172,21 +202,27 @@ class PiRLAlgorithm(RLAlgorithm):
                 "rollout/reward_mean": float(rollout.reward.float().mean()),
             }
         )
-        if stats.extra.get("numerics/steps_taken", 0.0) > 0 and not stats.extra.get("ppo/critic_warmup", 0.0):
+        if result.version_moved:
             self._policy_version += 1
         self._num_updates += 1
         self._apply_noise_schedule()
         stats.extra["policy/version"] = float(self._policy_version)
         stats.extra["flow/sde_noise_level"] = float(self.policy.sde_noise_level)
-        return stats
+        return result
 
     def _apply_noise_schedule(self) -> None:
         variant = self.policy.config.variant
         if isinstance(variant, FlowSDEConfig):
             self.policy.set_noise_level(variant.noise_level_at(self._num_updates))
 
+    def _in_critic_warmup(self) -> bool:
+        """The first `critic_warmup_updates` updates step only the critic (the version does not move)."""
+        cfg = self.config
+        use_critic = cfg.advantage.uses_critic and cfg.value_coef > 0
+        return use_critic and self._num_updates < cfg.critic_warmup_updates
+
     def _drop_stale(self, rollout: Rollout) -> tuple[Rollout, int]:
-        fresh = rollout.policy_version >= self._policy_version - self.config.staleness
+        fresh = self.fresh(rollout.policy_version)
         dropped = int((~fresh).sum())
         if dropped:
             rollout = rollout.select(fresh)
@@ -296,12 +332,12 @@ class PiRLAlgorithm(RLAlgorithm):
         behaviour_weight: Tensor,
         ratio_mask: Tensor,
         keep: Tensor,
-    ) -> TrainingStats:
+        warmup: bool,
+    ) -> UpdateResult:
         cfg = self.config
         n = len(rollout)
         use_entropy = isinstance(self.policy.config.variant, FlowNoiseConfig) and cfg.entropy_coef > 0
         use_critic = cfg.advantage.uses_critic and cfg.value_coef > 0
-        warmup = use_critic and self._num_updates < cfg.critic_warmup_updates
         stepped = {"critic"} if warmup else set(self.optimizers)
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
@@ -394,7 +430,10 @@ class PiRLAlgorithm(RLAlgorithm):
                 "numerics/steps_skipped": float(steps_skipped),
             }
         )
-        return TrainingStats(losses=losses, grad_norms=grads, extra=extra)
+        stats = TrainingStats(losses=losses, grad_norms=grads, extra=extra)
+        return UpdateResult(
+            stats, steps_taken=steps_taken, steps_skipped=steps_skipped, version_moved=steps_taken > 0 and not warmup
+        )
 
     def _check_ratio(self, log_prob: Tensor, old_log_prob: Tensor, versions: Tensor) -> None:
         """On the first minibatch, rows sampled by the current weights must score exactly as recorded."""

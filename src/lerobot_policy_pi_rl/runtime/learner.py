@@ -119,10 +119,10 @@ class PiRLLearner:
                 logger.info("[LEARNER] shutdown requested after %d updates", self.counters.updates)
                 break
             t_collect = time.perf_counter() - t0
-            stats = self.algorithm.update_rollout(transitions_to_rollout(rows))
+            result = self.algorithm.update_rollout(transitions_to_rollout(rows))
             self.counters.updates += 1
             self.publish_weights()
-            self.log_update(stats, rows, t_collect, time.perf_counter() - t0)
+            self.log_update(result.stats, rows, t_collect, time.perf_counter() - t0)
             self.maybe_checkpoint()
         done = self.counters.updates >= self.cfg.num_updates
         if done:
@@ -143,7 +143,8 @@ class PiRLLearner:
     def collect_rollout_rows(self) -> list[Transition] | None:
         """Drain actor messages until `rollout_chunks` fresh rows are pending; None on shutdown."""
         need = self.cfg.algorithm.rollout_chunks
-        while len(self._fresh(self.pending)) < need:
+        self.pending = self.keep_fresh(self.pending)  # the last update moved the version: some rows aged out
+        while len(self.pending) < need:
             if self.shutdown_event.is_set():
                 return None
             self.drain_interactions()
@@ -151,9 +152,8 @@ class PiRLLearner:
                 message = self.transport.transition_queue.get(timeout=0.1)
             except Empty:
                 continue
-            self.pending.extend(self.accept(bytes_to_transitions(message)))
-        fresh = self._fresh(self.pending)
-        rows, self.pending = fresh[:need], fresh[need:]
+            self.pending.extend(self.keep_fresh(self.accept(bytes_to_transitions(message))))
+        rows, self.pending = self.pending[:need], self.pending[need:]
         self.drain_interactions()
         return rows
 
@@ -170,12 +170,13 @@ class PiRLLearner:
         self.counters.interaction_steps += sum(int(tr["complementary_info"][NUM_EXECUTED.key]) for tr in transitions)
         return kept
 
-    def _fresh(self, rows: list[Transition]) -> list[Transition]:
-        """Rows within the staleness bound of the current version (older ones are dropped and counted)."""
-        oldest = self.algorithm.policy_version - self.cfg.algorithm.staleness
-        fresh = [tr for tr in rows if int(tr["complementary_info"][POLICY_VERSION.key]) >= oldest]
+    def keep_fresh(self, rows: list[Transition]) -> list[Transition]:
+        """Rows the algorithm's staleness rule keeps (the others are dropped and counted)."""
+        if not rows:
+            return rows
+        versions = torch.tensor([int(tr["complementary_info"][POLICY_VERSION.key]) for tr in rows])
+        fresh = [tr for tr, ok in zip(rows, self.algorithm.fresh(versions).tolist(), strict=True) if ok]
         self.drops.stale += len(rows) - len(fresh)
-        self.pending = fresh
         return fresh
 
     def drain_interactions(self) -> None:
