@@ -191,6 +191,8 @@ def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | Non
 
 def test_learner_actor_train_checkpoint_kill_and_resume(tmp_path):
     from lerobot_policy_pi_rl.runtime.cli import load_config
+    from lerobot.optim.optimizers import load_optimizer_state_dict
+    from lerobot.utils.random_utils import serialize_rng_state
     from lerobot_policy_pi_rl.runtime.learner import build_learner
     from safetensors.torch import load_file
 
@@ -237,36 +239,33 @@ def test_learner_actor_train_checkpoint_kill_and_resume(tmp_path):
     assert "reconnecting" in actor_log
     assert "(training done)" in actor_log
 
-    # In process: a resumed learner holds exactly the checkpoint's parameters and optimizer moments.
+    # In process: a resumed learner holds exactly the checkpoint's parameters, optimizer moments and RNG states.
     cfg = load_config(tiny_args(free_port(), out, num_updates=4, resume="true"))
     resumed = build_learner(cfg, shutdown_event=threading.Event())
     try:
-        saved = load_file(str(out / "checkpoints" / "last" / "pretrained_model" / "model.safetensors"))
+        last = out / "checkpoints" / "last"
+        saved = load_file(str(last / "pretrained_model" / "model.safetensors"))
         own = resumed.policy.state_dict()
         assert set(saved) <= set(own)
         for k, v in saved.items():
             assert torch.equal(own[k], v), k
         assert resumed.algorithm.policy_version == 4 and resumed.counters.updates == 4
-        opt = resumed.algorithm.get_optimizers()["actor"]
-        assert any("exp_avg" in s for s in opt.state.values())
+        for name, opt in resumed.algorithm.get_optimizers().items():
+            state = opt.state_dict()["state"]
+            on_disk = load_optimizer_state_dict(last / "training_state" / name)["state"]
+            assert len(state) == len(on_disk) > 0, name
+            for index, moments in state.items():
+                for key in ("exp_avg", "exp_avg_sq", "step"):
+                    assert torch.equal(moments[key], on_disk[str(index)][key].reshape(moments[key].shape)), (
+                        name, index, key)
+        rng_on_disk = load_file(str(last / "training_state" / "rng_state.safetensors"))
+        rng_now = serialize_rng_state()
+        assert rng_now.keys() == rng_on_disk.keys()
+        for key, value in rng_on_disk.items():
+            assert torch.equal(rng_now[key], value), key
     finally:
         resumed.shutdown_event.set()
         resumed.transport.server.stop(0)
-
-
-def test_resume_from_a_broken_checkpoint_fails_loudly(tmp_path):
-    from lerobot_policy_pi_rl.runtime.cli import load_config
-    from lerobot_policy_pi_rl.runtime.learner import CheckpointError, build_learner
-
-    out = tmp_path / "run"
-    with pytest.raises(CheckpointError, match="no checkpoint"):
-        build_learner(load_config(tiny_args(free_port(), out, resume="true")), shutdown_event=threading.Event())
-    broken = out / "checkpoints" / "000002"
-    (broken / "pretrained_model").mkdir(parents=True)
-    (broken / "pretrained_model" / "model.safetensors").write_bytes(b"garbage")
-    (out / "checkpoints" / "last").symlink_to("000002")
-    with pytest.raises(CheckpointError, match="missing|cannot resume"):
-        build_learner(load_config(tiny_args(free_port(), out, resume="true")), shutdown_event=threading.Event())
 
 
 def test_train_launcher_runs_learner_and_actors_to_completion(tmp_path):

@@ -5,15 +5,15 @@
     (`lerobot-pi-rl-learner ...`; `--algorithm.type=sac` runs LeRobot's stock SAC learner unchanged.)
 
 The loop, one stage per line (`PiRLLearner.run`):
-    publish weights v0 -> repeat: collect `rollout_chunks` fresh rows -> PPO update -> publish weights v+1 ->
+    publish weights v0 -> repeat: collect `rollout_chunks` fresh rows -> PPO update -> publish the new weights ->
     log -> checkpoint every N updates -> after `num_updates`: final checkpoint, tell actors to stop, exit.
-Checkpoints use LeRobot's layout (`checkpoints/<update>/{pretrained_model,algorithm,training_state}`, `last`);
-`--resume=true` restores weights, optimizers, RNG and counters from `checkpoints/last` or fails loudly.
+Checkpoints (`checkpoint.py`) use LeRobot's layout; `--resume=true` restores weights, optimizers, RNG and
+counters from `checkpoints/last` or fails loudly. Metrics (`metrics.py`) go to `metrics.jsonl`, the console and,
+with `--wandb.enable=true`, to W&B through LeRobot's own logger.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import sys
@@ -24,29 +24,17 @@ from queue import Empty
 from typing import Any
 
 import torch
-from huggingface_hub.constants import SAFETENSORS_SINGLE_FILE
-from safetensors.torch import load_file, load_model
 
-from lerobot.common.train_utils import get_step_checkpoint_dir, save_checkpoint, update_last_checkpoint
-from lerobot.optim.optimizers import load_optimizer_state
 from lerobot.policies import make_policy, make_pre_post_processors
 from lerobot.transport.utils import bytes_to_python_object, bytes_to_transitions, state_to_bytes
-from lerobot.utils.constants import (
-    ALGORITHM_DIR,
-    CHECKPOINTS_DIR,
-    LAST_CHECKPOINT_LINK,
-    PRETRAINED_MODEL_DIR,
-    TRAINING_STATE_DIR,
-    TRAINING_STEP,
-)
-from lerobot.utils.io_utils import load_json, write_json
 from lerobot.utils.process import ProcessSignalHandler
-from lerobot.utils.random_utils import load_rng_state, set_seed
+from lerobot.utils.random_utils import set_seed
 from lerobot.utils.transition import Transition
 
+from . import checkpoint
 from .config import PiRLTrainRLServerPipelineConfig, apply_torch_threads, policy_dataset_stats
 from .console import setup_logging
-from .metrics import Counters, DropCounts, EpisodeWindow
+from .metrics import Counters, DropCounts, EpisodeWindow, MetricsFile, console_line, update_log
 from .schema import NUM_EXECUTED, POLICY_VERSION, ForeignTransitionLog, NotAPiRLTransition, admit, transitions_to_rollout
 from .transport import (
     LEARNER_SESSION_KEY,
@@ -57,10 +45,6 @@ from .transport import (
 )
 
 logger = logging.getLogger("lerobot_policy_pi_rl.learner")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint to resume from is missing or broken (never silently start fresh)."""
 
 
 @dataclass
@@ -102,8 +86,7 @@ class PiRLLearner:
         self.session = random.SystemRandom().randrange(1, 2**62)
         self.pending: list[Transition] = []
         self.started = time.perf_counter()
-        # One JSON line per update (appended across resumes): what learning curves and reports are drawn from.
-        self.metrics_path = Path(cfg.output_dir) / "metrics.jsonl"
+        self.metrics = MetricsFile(Path(cfg.output_dir) / "metrics.jsonl")
 
     # ------------------------------------------------------------------------------------------------------
     # The loop
@@ -122,7 +105,7 @@ class PiRLLearner:
             result = self.algorithm.update_rollout(transitions_to_rollout(rows))
             self.counters.updates += 1
             self.publish_weights()
-            self.log_update(result.stats, rows, t_collect, time.perf_counter() - t0)
+            self.log_update(result.stats, len(rows), t_collect, time.perf_counter() - t0)
             self.maybe_checkpoint()
         done = self.counters.updates >= self.cfg.num_updates
         if done:
@@ -194,110 +177,29 @@ class PiRLLearner:
                     mode="train",
                 )
 
-    def log_update(self, stats, rows: list[Transition], t_collect: float, t_total: float) -> None:
-        log = {
-            **stats.to_log_dict(),
-            **self.episodes.as_log_dict(),
-            **self.drops.as_log_dict(),
-            "rollout/rows": float(len(rows)),
-            "rollout/chunks_received": float(self.counters.chunks_received),
-            "rollout/interaction_steps": float(self.counters.interaction_steps),
-            "perf/collect_s": t_collect,
-            "perf/update_s": t_total - t_collect,
-            "perf/rows_per_s": len(rows) / max(t_total, 1e-9),
-            "policy/version": float(self.algorithm.policy_version),
-        }
+    def log_update(self, stats, rows: int, collect_s: float, total_s: float) -> None:
+        log = update_log(stats=stats, episodes=self.episodes, drops=self.drops, counters=self.counters, rows=rows,
+                         policy_version=self.algorithm.policy_version, collect_s=collect_s, total_s=total_s)
         if self.wandb:
             self.wandb.log_dict(log, step=self.counters.interaction_steps, mode="train")
-        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.metrics_path, "a") as f:
-            record = {"update": self.counters.updates, "wall_time_s": time.perf_counter() - self.started, **log}
-            f.write(json.dumps({k: v for k, v in record.items() if v == v}) + "\n")  # NaN (no episode yet) left out
+        self.metrics.append(
+            {"update": self.counters.updates, "wall_time_s": time.perf_counter() - self.started, **log}
+        )
         if self.counters.updates % self.cfg.console_log_every_updates == 0 or self.counters.updates == 1:
-            logger.info(
-                "[LEARNER] update %d/%d | version %d | rows %d (dropped: stale %d, nan %d, foreign %d) | "
-                "env steps %d | return %.3f | success %.2f | ep_len %.1f | interv %.2f | "
-                "loss/policy %.4f | loss/value %.4f | approx_kl %.4f | clip %.3f | collect %.2fs update %.2fs",
-                self.counters.updates, self.cfg.num_updates, self.algorithm.policy_version, len(rows),
-                self.drops.stale, self.drops.nonfinite, self.drops.rejected + self.drops.foreign_session,
-                self.counters.interaction_steps, log["rollout/episode_return"], log["rollout/success_rate"],
-                log["rollout/episode_length"], log["rollout/intervention_rate"],
-                stats.losses.get("policy", float("nan")), stats.losses.get("value", float("nan")),
-                stats.extra.get("ppo/approx_kl", float("nan")), stats.extra.get("ppo/clip_fraction", float("nan")),
-                t_collect, t_total - t_collect,
-            )
+            logger.info(console_line(log, update=self.counters.updates, num_updates=self.cfg.num_updates,
+                                     drops=self.drops))
 
     def maybe_checkpoint(self) -> None:
         every = self.cfg.checkpoint_every_updates
         if self.cfg.save_checkpoint and every > 0 and self.counters.updates % every == 0:
             self.save_checkpoint()
 
-    # ------------------------------------------------------------------------------------------------------
-    # Checkpoints
-    # ------------------------------------------------------------------------------------------------------
-
     def save_checkpoint(self) -> Path:
-        ckpt = get_step_checkpoint_dir(Path(self.cfg.output_dir), self.cfg.num_updates, self.counters.updates)
-        save_checkpoint(
-            checkpoint_dir=ckpt,
-            step=self.counters.updates,
-            cfg=self.cfg,
-            policy=self.policy,
-            optimizer=self.algorithm.get_optimizers(),
-            preprocessor=self.preprocessor,
-            postprocessor=self.postprocessor,
-        )
-        self.algorithm.save_pretrained(ckpt / ALGORITHM_DIR)
-        write_json(
-            {
-                "step": self.counters.updates,
-                "interaction_step": self.counters.interaction_steps,
-                "chunks_received": self.counters.chunks_received,
-                "episodes": self.counters.episodes,
-                "policy_version": self.algorithm.policy_version,
-            },
-            ckpt / TRAINING_STATE_DIR / TRAINING_STEP,
-        )
-        update_last_checkpoint(ckpt)
-        logger.info("[LEARNER] checkpoint %s (version %d)", ckpt, self.algorithm.policy_version)
-        return ckpt
+        return checkpoint.save(self.cfg, policy=self.policy, algorithm=self.algorithm, preprocessor=self.preprocessor,
+                               postprocessor=self.postprocessor, counters=self.counters)
 
     def resume(self) -> None:
-        """Restore everything from `checkpoints/last`; raises `CheckpointError` on anything missing."""
-        ckpt = Path(self.cfg.output_dir) / CHECKPOINTS_DIR / LAST_CHECKPOINT_LINK
-        if not ckpt.exists():
-            raise CheckpointError(f"resume=true but there is no checkpoint at {ckpt}")
-        ckpt = ckpt.resolve()
-        model_file = ckpt / PRETRAINED_MODEL_DIR / SAFETENSORS_SINGLE_FILE
-        state_dir = ckpt / TRAINING_STATE_DIR
-        algo_file = ckpt / ALGORITHM_DIR / SAFETENSORS_SINGLE_FILE
-        for required in (model_file, state_dir / TRAINING_STEP, algo_file):
-            if not required.is_file():
-                raise CheckpointError(f"broken checkpoint {ckpt}: {required.relative_to(ckpt)} is missing")
-        try:
-            missing, unexpected = load_model(self.policy, str(model_file), strict=True, device="cpu")
-            self.policy.to(self.cfg.policy.device)
-            for name, opt in self.algorithm.get_optimizers().items():
-                if not (state_dir / name).is_dir():
-                    raise CheckpointError(f"broken checkpoint {ckpt}: optimizer state '{name}' is missing")
-                load_optimizer_state(opt, state_dir / name)
-            self.algorithm.load_state_dict(load_file(str(algo_file)), device=self.cfg.policy.device)
-            load_rng_state(state_dir)
-            step = load_json(state_dir / TRAINING_STEP)
-        except CheckpointError:
-            raise
-        except Exception as err:
-            raise CheckpointError(f"cannot resume from {ckpt}: {type(err).__name__}: {err}") from err
-        self.counters = Counters(
-            updates=int(step["step"]),
-            interaction_steps=int(step.get("interaction_step", 0)),
-            chunks_received=int(step.get("chunks_received", 0)),
-            episodes=int(step.get("episodes", 0)),
-        )
-        logger.info(
-            "[LEARNER] resumed from %s: update %d, version %d, env steps %d",
-            ckpt, self.counters.updates, self.algorithm.policy_version, self.counters.interaction_steps,
-        )
+        self.counters = checkpoint.resume(self.cfg, policy=self.policy, algorithm=self.algorithm)
 
     # ------------------------------------------------------------------------------------------------------
 
@@ -322,7 +224,7 @@ def build_learner(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event=None) -> 
     """Assemble policy, algorithm, processors, gRPC server and logger; resume if asked."""
     from ..rl.algorithm import PiRLAlgorithm
 
-    guard_output_dir(cfg)
+    checkpoint.guard_output_dir(cfg)
     set_seed(cfg.seed)
     if shutdown_event is None:
         shutdown_event = ProcessSignalHandler(use_threads=True).shutdown_event
@@ -362,12 +264,6 @@ def build_transport(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event) -> Tra
     server = serve_learner(service, alc.learner_host, alc.learner_port, cfg.num_actors)
     logger.info("[LEARNER] gRPC server listening on %s:%d", alc.learner_host, alc.learner_port)
     return Transport(queues[0], queues[1], queues[2], service, server)
-
-
-def guard_output_dir(cfg: PiRLTrainRLServerPipelineConfig) -> None:
-    last = Path(cfg.output_dir) / CHECKPOINTS_DIR / LAST_CHECKPOINT_LINK
-    if not cfg.resume and last.exists():
-        raise FileExistsError(f"{last} exists: pass --resume=true to continue that run, or another --output_dir")
 
 
 def run_learner(cfg: PiRLTrainRLServerPipelineConfig) -> int:
