@@ -12,6 +12,7 @@ Formulas: docs/concepts.md. Log-probs, ratios and advantages are float32 through
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Iterator
@@ -184,22 +185,29 @@ class PiRLAlgorithm(RLAlgorithm):
             return UpdateResult(stats, steps_taken=0, steps_skipped=0, version_moved=False)
         warmup = self._in_critic_warmup()
         advantages, returns, keep = self._advantages(rollout)
+        finite = self._finite_rows(rollout, advantages, returns)
+        if not bool(finite.all()):
+            rollout, advantages, returns = self._mask_nonfinite_rows(rollout, advantages, returns, finite)
+        keep = keep & finite
         ratio_mask = keep.clone()
         if self.config.mask_interventions:
             ratio_mask &= ~rollout.intervention
         old_log_prob, behaviour_weight = self._proximal_log_prob(rollout)
         if self.config.normalize_advantages and bool(keep.any()):
             advantages = normalize_advantages(advantages, mask=keep)
-        result = self._ppo_epochs(rollout, advantages, returns, old_log_prob, behaviour_weight, ratio_mask, keep, warmup)
+        result = self._ppo_epochs(
+            rollout, advantages, returns, old_log_prob, behaviour_weight, ratio_mask, keep, finite, warmup
+        )
         stats = result.stats
         stats.extra.update(
             {
                 "samples/used": float(ratio_mask.sum()),
                 "samples/dropped_stale": float(dropped_stale),
                 "samples/interventions": float(rollout.intervention.sum()),
-                "ppo/explained_variance": float(explained_variance(rollout.value.float(), returns)),
+                "numerics/rows_nonfinite": float((~finite).sum()),
+                "ppo/explained_variance": float(explained_variance(rollout.value[finite].float(), returns[finite])),
                 "ppo/advantage_abs_mean": float(advantages[keep].abs().mean()) if bool(keep.any()) else 0.0,
-                "rollout/reward_mean": float(rollout.reward.float().mean()),
+                "rollout/reward_mean": float(rollout.reward[finite].float().mean()) if bool(finite.any()) else 0.0,
             }
         )
         if result.version_moved:
@@ -220,6 +228,38 @@ class PiRLAlgorithm(RLAlgorithm):
         cfg = self.config
         use_critic = cfg.advantage.uses_critic and cfg.value_coef > 0
         return use_critic and self._num_updates < cfg.critic_warmup_updates
+
+    @staticmethod
+    def _finite_rows(rollout: Rollout, advantages: Tensor, returns: Tensor) -> Tensor:
+        """`[N]` bool: rows whose behaviour numbers (reward, value, log-prob) and targets (advantage, return) are
+        all finite. A non-finite reward or value also makes the advantages of its stream's earlier rows
+        non-finite (GAE runs backwards through it): those rows are out too."""
+        n = len(rollout)
+        return (
+            torch.isfinite(rollout.reward)
+            & torch.isfinite(rollout.value)
+            & torch.isfinite(rollout.log_prob.reshape(n, -1)).all(dim=1)
+            & torch.isfinite(advantages.reshape(n, -1)).all(dim=1)
+            & torch.isfinite(returns)
+        )
+
+    @staticmethod
+    def _mask_nonfinite_rows(
+        rollout: Rollout, advantages: Tensor, returns: Tensor, finite: Tensor
+    ) -> tuple[Rollout, Tensor, Tensor]:
+        """Zero the non-finite rows' numbers. They are masked out of normalization and every loss, but still go
+        through the minibatch arithmetic, where a NaN would reach the gradients as 0 * NaN = NaN."""
+        logger.warning("%d rollout row(s) with a non-finite reward, value or log-prob masked out of this update",
+                       int((~finite).sum()))
+
+        def zero(x: Tensor) -> Tensor:
+            rows = finite.reshape(finite.shape + (1,) * (x.dim() - 1))
+            return torch.where(rows, x, torch.zeros_like(x))
+
+        rollout = dataclasses.replace(
+            rollout, reward=zero(rollout.reward), value=zero(rollout.value), log_prob=zero(rollout.log_prob)
+        )
+        return rollout, zero(advantages), zero(returns)
 
     def _drop_stale(self, rollout: Rollout) -> tuple[Rollout, int]:
         fresh = self.fresh(rollout.policy_version)
@@ -332,6 +372,7 @@ class PiRLAlgorithm(RLAlgorithm):
         behaviour_weight: Tensor,
         ratio_mask: Tensor,
         keep: Tensor,
+        finite: Tensor,
         warmup: bool,
     ) -> UpdateResult:
         cfg = self.config
@@ -354,7 +395,9 @@ class PiRLAlgorithm(RLAlgorithm):
             for rows in torch.randperm(n, device=advantages.device).split(cfg.minibatch_size):
                 ev = self._evaluate(rollout, rows)
                 if first:
-                    self._check_ratio(ev.log_prob.detach(), old_log_prob[rows], rollout.policy_version[rows])
+                    self._check_ratio(
+                        ev.log_prob.detach(), old_log_prob[rows], rollout.policy_version[rows], finite[rows]
+                    )
                     first = False
                 mask = ratio_mask[rows]
                 pg_loss, pg = ppo_policy_loss(
@@ -435,9 +478,10 @@ class PiRLAlgorithm(RLAlgorithm):
             stats, steps_taken=steps_taken, steps_skipped=steps_skipped, version_moved=steps_taken > 0 and not warmup
         )
 
-    def _check_ratio(self, log_prob: Tensor, old_log_prob: Tensor, versions: Tensor) -> None:
-        """On the first minibatch, rows sampled by the current weights must score exactly as recorded."""
-        current = versions == self._policy_version
+    def _check_ratio(self, log_prob: Tensor, old_log_prob: Tensor, versions: Tensor, finite: Tensor) -> None:
+        """On the first minibatch, rows sampled by the current weights must score exactly as recorded (rows masked
+        for non-finite numbers carry no recorded log-prob any more)."""
+        current = (versions == self._policy_version) & finite
         if not bool(current.any()):
             return
         diff = (log_prob.float() - old_log_prob.float())[current].abs()
