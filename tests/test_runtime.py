@@ -40,6 +40,115 @@ def free_port() -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# The learner loop (stages faked: no model, no server)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _FakeAlgorithm:
+    """Replays given `UpdateResult`s; versions move as they say."""
+
+    def __init__(self, results, staleness: int = 2):
+        self.results = iter(results)
+        self.policy_version = 0
+        self.staleness = staleness
+
+    def update_rollout(self, rollout):
+        result = next(self.results)
+        self.policy_version += int(result.version_moved)
+        return result
+
+    def get_weights(self):
+        return {"policy_version": self.policy_version, "state_dict": {}}
+
+    def fresh(self, versions):
+        return versions >= self.policy_version - self.staleness
+
+
+def _result(taken: int = 4, skipped: int = 0):
+    from lerobot.rl.algorithms.configs import TrainingStats
+    from lerobot_policy_pi_rl.rl.algorithm import UpdateResult
+
+    extra = {"numerics/steps_taken": float(taken), "numerics/steps_skipped": float(skipped)}
+    return UpdateResult(TrainingStats(extra=extra), steps_taken=taken, steps_skipped=skipped,
+                        version_moved=taken > 0)
+
+
+def fake_learner(tmp_path, monkeypatch, results, **cfg_over):
+    """A real `PiRLLearner` loop over faked stages: rows come from `make_chunk`, weights go to a list, checkpoints
+    to `learner.checkpoints_saved`."""
+    from test_schema import make_chunk
+
+    from lerobot_policy_pi_rl.runtime import checkpoint
+    from lerobot_policy_pi_rl.runtime.cli import load_config
+    from lerobot_policy_pi_rl.runtime.learner import PiRLLearner
+
+    cfg = load_config(tiny_args(free_port(), tmp_path / "run", **cfg_over))
+
+    class Queue(list):
+        put = list.append
+
+    transport = type("T", (), {"parameters_queue": Queue()})()
+    learner = PiRLLearner(cfg, None, _FakeAlgorithm(results), None, None, transport, threading.Event())
+    learner.collect_rollout_rows = lambda: [make_chunk(0, i, session=learner.session) for i in range(4)]
+    learner.checkpoints_saved = []
+    monkeypatch.setattr(checkpoint, "save", lambda cfg, counters, **_: learner.checkpoints_saved.append(
+        counters.updates))
+    return learner
+
+
+def published(learner) -> list[tuple[int, bool]]:
+    from lerobot.transport.utils import bytes_to_state_dict
+    from lerobot_policy_pi_rl.runtime.transport import TRAINING_DONE_KEY
+
+    return [(int(w["policy_version"]), bool(w[TRAINING_DONE_KEY]))
+            for w in map(bytes_to_state_dict, learner.transport.parameters_queue)]
+
+
+def test_an_update_that_skipped_every_step_keeps_the_version_and_publishes_nothing(tmp_path, monkeypatch):
+    learner = fake_learner(tmp_path, monkeypatch, [_result(), _result(taken=0, skipped=4), _result()], num_updates=3)
+    assert learner.run() == 0
+    assert learner.counters.updates == 3
+    assert published(learner) == [(0, False), (1, False), (2, False), (2, True)]
+
+
+def test_consecutive_updates_with_skipped_steps_stop_the_learner_naming_the_counter(tmp_path, monkeypatch):
+    from lerobot_policy_pi_rl.runtime.learner import SkippedStepsError
+
+    # Skips that do not repeat N times in a row are tolerated.
+    flaky = [_result(taken=3, skipped=1), _result(taken=3, skipped=1), _result(), _result(taken=0, skipped=4),
+             _result(taken=3, skipped=1)]
+    learner = fake_learner(tmp_path / "a", monkeypatch, flaky, num_updates=5, max_consecutive_skipped_updates=3)
+    assert learner.run() == 0
+    stuck = [_result(), _result(taken=3, skipped=1), _result(taken=0, skipped=4), _result(taken=2, skipped=2),
+             _result()]
+    learner = fake_learner(tmp_path / "b", monkeypatch, stuck, num_updates=5, max_consecutive_skipped_updates=3)
+    with pytest.raises(SkippedStepsError, match=r"numerics/steps_skipped.*max_consecutive_skipped_updates=3"):
+        learner.run()
+    assert learner.counters.updates == 4
+    # 0 disables the stop.
+    learner = fake_learner(tmp_path / "c", monkeypatch, stuck, num_updates=5, max_consecutive_skipped_updates=0)
+    assert learner.run() == 0
+
+
+@pytest.mark.parametrize(("num_updates", "every", "saved"), [(4, 2, [2, 4]), (3, 2, [2, 3]), (2, 0, [2])])
+def test_the_final_checkpoint_is_written_once(tmp_path, monkeypatch, num_updates, every, saved):
+    learner = fake_learner(tmp_path, monkeypatch, [_result()] * num_updates, num_updates=num_updates,
+                           checkpoint_every_updates=every)
+    assert learner.run() == 0
+    assert learner.checkpoints_saved == saved
+
+
+def test_rows_that_aged_past_the_staleness_bound_are_dropped_and_counted(tmp_path, monkeypatch):
+    from test_schema import make_chunk
+
+    learner = fake_learner(tmp_path, monkeypatch, [], num_updates=1)
+    learner.algorithm.policy_version = 5
+    rows = [make_chunk(0, i, version=v) for i, v in enumerate([2, 3, 5])]
+    assert [int(tr["complementary_info"][S.POLICY_VERSION.key]) for tr in learner.keep_fresh(rows)] == [3, 5]
+    assert learner.drops.stale == 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # CLI / config
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -70,7 +179,8 @@ def run_module(module: str, args: list[str], timeout: float) -> subprocess.Compl
     [({"n_envs": 0}, "n_envs"), ({"algorithm.clip_low": 2.0}, "clip_low"),
      ({"policy.n_action_steps": 9}, "n_action_steps"), ({"actor_index": 3}, "actor_index"),
      ({"policy.variant.type": "flow_sdee"}, "flow_sdee"), ({"num_updatez": 3}, "num_updatez"),
-     ({"torch_threads": -1}, "torch_threads")],
+     ({"torch_threads": -1}, "torch_threads"),
+     ({"max_consecutive_skipped_updates": -1}, "max_consecutive_skipped_updates")],
 )
 def test_bad_config_is_rejected_with_the_field_named(tmp_path, override, field, capsys):
     from lerobot_policy_pi_rl.runtime.cli import load_config

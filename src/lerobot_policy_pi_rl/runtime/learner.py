@@ -5,8 +5,9 @@
     (`lerobot-pi-rl-learner ...`; `--algorithm.type=sac` runs LeRobot's stock SAC learner unchanged.)
 
 The loop, one stage per line (`PiRLLearner.run`):
-    publish weights v0 -> repeat: collect `rollout_chunks` fresh rows -> PPO update -> publish the new weights ->
-    log -> checkpoint every N updates -> after `num_updates`: final checkpoint, tell actors to stop, exit.
+    publish weights v0 -> repeat: collect `rollout_chunks` fresh rows -> PPO update -> publish the new weights
+    (unless every step was skipped) -> log -> stop on repeated skipped steps -> checkpoint every N updates ->
+    after `num_updates`: final checkpoint (unless just written), tell actors to stop, exit.
 Checkpoints (`checkpoint.py`) use LeRobot's layout; `--resume=true` restores weights, optimizers, RNG and
 counters from `checkpoints/last` or fails loudly. Metrics (`metrics.py`) go to `metrics.jsonl`, the console and,
 with `--wandb.enable=true`, to W&B through LeRobot's own logger.
@@ -31,6 +32,7 @@ from lerobot.utils.process import ProcessSignalHandler
 from lerobot.utils.random_utils import set_seed
 from lerobot.utils.transition import Transition
 
+from ..rl.algorithm import PiRLAlgorithm, UpdateResult
 from . import checkpoint
 from .config import PiRLTrainRLServerPipelineConfig, apply_torch_threads, policy_dataset_stats
 from .console import setup_logging
@@ -45,6 +47,10 @@ from .transport import (
 )
 
 logger = logging.getLogger("lerobot_policy_pi_rl.learner")
+
+
+class SkippedStepsError(RuntimeError):
+    """Too many consecutive updates skipped optimizer steps for non-finite numbers."""
 
 
 @dataclass
@@ -87,6 +93,8 @@ class PiRLLearner:
         self.pending: list[Transition] = []
         self.started = time.perf_counter()
         self.metrics = MetricsFile(Path(cfg.output_dir) / "metrics.jsonl")
+        self.skipped_in_a_row = 0
+        self.checkpointed_update: int | None = None
 
     # ------------------------------------------------------------------------------------------------------
     # The loop
@@ -104,11 +112,13 @@ class PiRLLearner:
             t_collect = time.perf_counter() - t0
             result = self.algorithm.update_rollout(transitions_to_rollout(rows))
             self.counters.updates += 1
-            self.publish_weights()
+            if result.weights_changed:
+                self.publish_weights()
             self.log_update(result.stats, len(rows), t_collect, time.perf_counter() - t0)
+            self.check_skipped_steps(result)
             self.maybe_checkpoint()
         done = self.counters.updates >= self.cfg.num_updates
-        if done:
+        if done and self.checkpointed_update != self.counters.updates:
             self.save_checkpoint()
         self.publish_weights(training_done=done)
         return 0
@@ -189,17 +199,33 @@ class PiRLLearner:
             logger.info(console_line(log, update=self.counters.updates, num_updates=self.cfg.num_updates,
                                      drops=self.drops))
 
+    def check_skipped_steps(self, result: UpdateResult) -> None:
+        """Raise `SkippedStepsError` once `max_consecutive_skipped_updates` updates in a row skipped steps."""
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if result.steps_skipped > 0 else 0
+        limit = self.cfg.max_consecutive_skipped_updates
+        if limit > 0 and self.skipped_in_a_row >= limit:
+            raise SkippedStepsError(
+                f"{self.skipped_in_a_row} consecutive updates skipped optimizer steps for non-finite numbers "
+                f"(numerics/steps_skipped > 0; last update: {result.steps_skipped} skipped, {result.steps_taken} "
+                f"taken), max_consecutive_skipped_updates={limit}: stopping at update {self.counters.updates}. "
+                "Usual causes: a learning rate too high for the backbone, or Flow-SDE steps at tiny t with a "
+                "large noise level."
+            )
+
     def maybe_checkpoint(self) -> None:
         every = self.cfg.checkpoint_every_updates
         if self.cfg.save_checkpoint and every > 0 and self.counters.updates % every == 0:
             self.save_checkpoint()
 
     def save_checkpoint(self) -> Path:
-        return checkpoint.save(self.cfg, policy=self.policy, algorithm=self.algorithm, preprocessor=self.preprocessor,
+        ckpt = checkpoint.save(self.cfg, policy=self.policy, algorithm=self.algorithm, preprocessor=self.preprocessor,
                                postprocessor=self.postprocessor, counters=self.counters)
+        self.checkpointed_update = self.counters.updates
+        return ckpt
 
     def resume(self) -> None:
         self.counters = checkpoint.resume(self.cfg, policy=self.policy, algorithm=self.algorithm)
+        self.checkpointed_update = self.counters.updates
 
     # ------------------------------------------------------------------------------------------------------
 
@@ -222,8 +248,6 @@ class PiRLLearner:
 
 def build_learner(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event=None) -> PiRLLearner:
     """Assemble policy, algorithm, processors, gRPC server and logger; resume if asked."""
-    from ..rl.algorithm import PiRLAlgorithm
-
     checkpoint.guard_output_dir(cfg)
     set_seed(cfg.seed)
     if shutdown_event is None:
@@ -272,6 +296,9 @@ def run_learner(cfg: PiRLTrainRLServerPipelineConfig) -> int:
     learner = build_learner(cfg)
     try:
         code = learner.run()
+    except SkippedStepsError as err:
+        logger.error("[LEARNER] %s", err)
+        code = 1
     finally:
         learner.close()
     logger.info("[LEARNER] done: %d updates, version %d", learner.counters.updates, learner.algorithm.policy_version)
