@@ -83,6 +83,7 @@ def test_invalid_advantage_config_names_the_value(cls, field, value, needle):
         ("dual_clip", 0.5, "dual_clip=0.5"),
         ("update_epochs", 0, "update_epochs=0"),
         ("behaviour_weight_cap", 0.5, "behaviour_weight_cap=0.5"),
+        ("grad_clip_scope", "globl", "grad_clip_scope='globl' must be one of"),
     ],
 )
 def test_invalid_config_names_the_value(field, value, needle):
@@ -226,6 +227,26 @@ def test_one_non_finite_row_is_masked_out_and_counted_instead_of_skipping_the_up
     assert all(math.isfinite(v) for v in result.stats.to_log_dict().values())
     assert not torch.equal(policy.backbone.action_out_proj.weight, before["backbone.action_out_proj.weight"])
     assert all(bool(torch.isfinite(v).all()) for v in policy.state_dict().values())
+
+
+@pytest.mark.parametrize(("scope", "expected"), [("per_group", (1.0, 1.0)), ("global", (0.6, 0.8))])
+def test_gradient_clipping_per_group_or_over_all_groups(scope, expected):
+    """Actor gradient norm 3 and critic 4, max_grad_norm 1: per group each is cut to 1; globally the total norm 5
+    is cut to 1, which keeps the groups' ratio (0.6, 0.8)."""
+    policy, algo = build(grad_clip_scope=scope, max_grad_norm=1.0)
+    assert set(algo.optimizers) == {"actor", "critic"}
+
+    def params(role):
+        return [p for g in algo.optimizers[role].param_groups for p in g["params"]]
+
+    for role, norm in (("actor", 3.0), ("critic", 4.0)):
+        numel = sum(p.numel() for p in params(role))
+        for p in params(role):
+            p.grad = torch.full_like(p, norm / math.sqrt(numel))
+    norms = algo._clip_gradients()
+    assert norms["actor"] == pytest.approx(3.0, rel=1e-5) and norms["critic"] == pytest.approx(4.0, rel=1e-5)
+    after = [float(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params(r)]))) for r in ("actor", "critic")]
+    assert after == pytest.approx(list(expected), rel=1e-5)
 
 
 def test_ratio_guard_fails_loudly_when_learner_scores_differently():

@@ -288,6 +288,70 @@ def test_actor_streams_chunk_transitions_and_applies_versioned_weights(tmp_path)
     assert len(rollout) == 12
 
 
+def wandb_history(output_dir: Path) -> list[dict]:
+    """The history rows an offline W&B run wrote under `output_dir` (what `wandb sync` would upload)."""
+    import json
+
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal import datastore
+
+    (run_file,) = output_dir.glob("wandb/offline-run-*/run-*.wandb")
+    store = datastore.DataStore()
+    store.open_for_scan(str(run_file))
+    rows = []
+    while (data := store.scan_data()) is not None:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        if record.WhichOneof("record_type") == "history":
+            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                         for item in record.history.item})
+    return rows
+
+
+def test_learner_and_actor_in_one_process_with_global_clipping_and_wandb_offline(tmp_path, monkeypatch):
+    """Threads and a free port: the global gradient-norm clip runs end to end, and LeRobot's own W&B logger
+    (offline) receives the learner's metrics under their stable names (LeRobot prefixes `train/`)."""
+    import json
+
+    from lerobot_policy_pi_rl.runtime.actor import build_actor
+    from lerobot_policy_pi_rl.runtime.cli import load_config
+    from lerobot_policy_pi_rl.runtime.learner import build_learner
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "run"
+    args = tiny_args(free_port(), out, num_updates=2, checkpoint_every_updates=2, **{
+        "algorithm.grad_clip_scope": "global", "wandb.enable": "true", "wandb.project": "pi_rl_test",
+        "wandb.mode": "offline", "wandb.disable_artifact": "true"})
+    codes: dict[str, int] = {}
+    learner = build_learner(load_config(args), shutdown_event=threading.Event())
+    learner_thread = threading.Thread(target=lambda: codes.update(learner=learner.run()), daemon=True)
+    learner_thread.start()
+    actor = build_actor(load_config(args), shutdown_event=threading.Event())
+    actor_thread = threading.Thread(target=lambda: codes.update(actor=actor.run()), daemon=True)
+    actor_thread.start()
+    try:
+        learner_thread.join(timeout=240)
+        actor_thread.join(timeout=60)
+    finally:
+        learner.close()
+        actor.close()
+    assert codes == {"learner": 0, "actor": 0}
+    assert learner.cfg.algorithm.grad_clip_scope == "global"
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["numerics/steps_taken"] > 0 and r["numerics/steps_skipped"] == 0
+        assert r["grad/global"] > 0 and {"grad/actor", "grad/critic"} <= set(r)
+    assert (out / "checkpoints" / "000002" / "pretrained_model" / "model.safetensors").exists()
+
+    logged = set().union(*wandb_history(out))
+    for name in ("loss/policy", "loss/value", "grad/global", "ppo/approx_kl", "ppo/clip_fraction",
+                 "numerics/steps_taken", "rollout/rows", "rollout/interaction_steps", "rollout/dropped_nonfinite",
+                 "perf/update_s", "perf/rows_per_s", "policy/version"):
+        assert f"train/{name}" in logged, name
+
+
 def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

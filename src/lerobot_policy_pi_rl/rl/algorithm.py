@@ -501,9 +501,28 @@ class PiRLAlgorithm(RLAlgorithm):
             opt.zero_grad(set_to_none=True)
 
     def _clip_gradients(self) -> dict[str, float]:
-        norms = {}
-        for role, opt in self.optimizers.items():
-            params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
-            if params:
-                norms[role] = float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
-        return norms
+        """Clip to `max_grad_norm` per optimizer group or over all of them (`grad_clip_scope`); returns each
+        group's norm before clipping (and, for `global`, the total norm under "global")."""
+        grouped = {
+            role: [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+            for role, opt in self.optimizers.items()
+        }
+        grouped = {role: params for role, params in grouped.items() if params}
+        if self.config.grad_clip_scope == "global":
+            return self._clip_global_norm(grouped)
+        return {
+            role: float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
+            for role, params in grouped.items()
+        }
+
+    def _clip_global_norm(self, grouped: dict[str, list[Tensor]]) -> dict[str, float]:
+        """One norm over every group's gradients, clipped together (the total is computed once from the groups')."""
+        group_norms = {
+            role: torch.nn.utils.get_total_norm([p.grad for p in params]) for role, params in grouped.items()
+        }
+        if not group_norms:
+            return {}
+        total = torch.linalg.vector_norm(torch.stack(list(group_norms.values())))
+        torch.nn.utils.clip_grads_with_norm_([p for params in grouped.values() for p in params],
+                                             self.config.max_grad_norm, total)
+        return {**{role: float(n) for role, n in group_norms.items()}, "global": float(total)}

@@ -237,6 +237,10 @@ class PiRLLearner:
         time.sleep(0.2)
         self.shutdown_event.set()
         stop_server(self.transport.server, grace_s=2.0)
+        if self.wandb is not None:
+            import wandb
+
+            wandb.finish()  # flush the run now (LeRobot's logger leaves it to interpreter exit)
         # Weights no actor will read any more must not keep the process alive: a multiprocessing queue's feeder
         # thread otherwise blocks interpreter exit on its full pipe.
         for queue in (self.transport.parameters_queue, self.transport.transition_queue,
