@@ -125,7 +125,7 @@ def test_update_rollout_returns_a_typed_result_and_update_keeps_lerobots_contrac
     policy, algo = build(minibatch_size=32, update_epochs=2)
     result = algo.update_rollout(rollout_for(policy, algo))
     assert isinstance(result, UpdateResult) and isinstance(result.stats, TrainingStats)
-    assert (result.steps_taken, result.steps_skipped, result.version_moved, result.weights_changed) == (4, 0, True, True)
+    assert (result.steps_taken, result.steps_skipped) == (4, 0) and result.version_moved and result.weights_changed
     # LeRobot's RLAlgorithm.update(batch_iterator) -> TrainingStats.
     stats = algo.update(iter([rollout_for(policy, algo, seed=2)]))
     assert isinstance(stats, TrainingStats) and stats.extra["numerics/steps_taken"] == 4
@@ -245,7 +245,8 @@ def test_gradient_clipping_per_group_or_over_all_groups(scope, expected):
             p.grad = torch.full_like(p, norm / math.sqrt(numel))
     norms = algo._clip_gradients()
     assert norms["actor"] == pytest.approx(3.0, rel=1e-5) and norms["critic"] == pytest.approx(4.0, rel=1e-5)
-    after = [float(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params(r)]))) for r in ("actor", "critic")]
+    after = [float(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params(role)])))
+             for role in ("actor", "critic")]
     assert after == pytest.approx(list(expected), rel=1e-5)
 
 

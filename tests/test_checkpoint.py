@@ -65,7 +65,8 @@ def test_resume_restores_weights_optimizer_moments_rng_and_counters_exactly(tmp_
     resumed = checkpoint.resume(cfg, policy=fresh_policy, algorithm=fresh_algorithm)
 
     assert resumed == counters
-    assert (fresh_algorithm.policy_version, fresh_algorithm.num_updates, fresh_algorithm.optimization_step) == (3, 4, 17)
+    restored = fresh_algorithm.policy_version, fresh_algorithm.num_updates, fresh_algorithm.optimization_step
+    assert restored == (3, 4, 17)
     for k, v in fresh_policy.state_dict().items():
         assert torch.equal(v, saved_weights[k]), k
     for name, opt in fresh_algorithm.get_optimizers().items():

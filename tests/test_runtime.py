@@ -1,12 +1,11 @@
-"""PI-RL runtime: CLI errors, actor <-> learner over real gRPC, kill + resume.
+"""PI-RL runtime: the learner loop, CLI errors, actor <-> learner over real gRPC, kill + resume.
 
-CPU only, loopback, free ports, bounded time. The end-to-end tests run the real entry points as subprocesses on
-the state-only PickCube env with a tiny flow_mlp.
+CPU only, loopback, free ports, bounded time. The end-to-end tests run the real entry points (as subprocesses, or
+as threads of the test process) on the state-only PickCube env with a tiny flow_mlp.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import signal

@@ -1,7 +1,8 @@
 """PI-RL as a LeRobot `RLAlgorithm`: chunk-level PPO on the denoising chain's log-likelihood.
 
 One `update_rollout` is one PPO update, read as the algorithm:
-    drop stale rows (`fresh`, the one staleness rule)  ->  bootstrap values  ->  advantages (GAE per stream, or GRPO)  ->
+    drop stale rows (`fresh`, the one staleness rule)  ->  bootstrap values  ->
+    advantages (GAE per stream, or GRPO)  ->  mask rows with a non-finite reward, value, log-prob or advantage  ->
     [ratio guard on the first minibatch]  ->  update_epochs x shuffled minibatches of
     (evaluate chain -> clipped surrogate + clipped Huber value loss - entropy bonus -> finite? -> clip -> step)
     ->  policy_version += 1 (when an actor step was taken), anneal the Flow-SDE noise level.

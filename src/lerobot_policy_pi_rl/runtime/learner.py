@@ -37,7 +37,14 @@ from . import checkpoint
 from .config import PiRLTrainRLServerPipelineConfig, apply_torch_threads, policy_dataset_stats
 from .console import setup_logging
 from .metrics import Counters, DropCounts, EpisodeWindow, MetricsFile, console_line, update_log
-from .schema import NUM_EXECUTED, POLICY_VERSION, ForeignTransitionLog, NotAPiRLTransition, admit, transitions_to_rollout
+from .schema import (
+    NUM_EXECUTED,
+    POLICY_VERSION,
+    ForeignTransitionLog,
+    NotAPiRLTransition,
+    admit,
+    transitions_to_rollout,
+)
 from .transport import (
     LEARNER_SESSION_KEY,
     TRAINING_DONE_KEY,
