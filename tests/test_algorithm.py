@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import draccus
@@ -12,7 +13,7 @@ from bandit import bandit_config, collect_rollout, expected_reward, pretrain_med
 from lerobot.rl.algorithms.configs import RLAlgorithmConfig
 from lerobot_policy_pi_rl.configuration_pi_rl import FlowNoiseConfig, FlowSDEConfig
 from lerobot_policy_pi_rl.modeling_pi_rl import PiRLPolicy
-from lerobot_policy_pi_rl.rl.algorithm import PiRLAlgorithm, RatioMismatchError
+from lerobot_policy_pi_rl.rl.algorithm import PiRLAlgorithm, RatioMismatchError, UpdateResult
 from lerobot_policy_pi_rl.rl.config import GAEConfig, GRPOConfig, PiRLAlgorithmConfig
 
 
@@ -82,6 +83,7 @@ def test_invalid_advantage_config_names_the_value(cls, field, value, needle):
         ("dual_clip", 0.5, "dual_clip=0.5"),
         ("update_epochs", 0, "update_epochs=0"),
         ("behaviour_weight_cap", 0.5, "behaviour_weight_cap=0.5"),
+        ("grad_clip_scope", "globl", "grad_clip_scope='globl' must be one of"),
     ],
 )
 def test_invalid_config_names_the_value(field, value, needle):
@@ -103,7 +105,7 @@ def test_from_policy_config_rejects_other_policies():
 
 def test_update_increments_version_and_reports_diagnostics():
     policy, algo = build(FlowNoiseConfig(), minibatch_size=32, update_epochs=2)
-    stats = algo.update_rollout(rollout_for(policy, algo))
+    stats = algo.update_rollout(rollout_for(policy, algo)).stats
     assert algo.policy_version == 1 and algo.num_updates == 1
     log = stats.to_log_dict()
     for key in (
@@ -115,6 +117,25 @@ def test_update_increments_version_and_reports_diagnostics():
     assert log["numerics/steps_taken"] == 4 and log["numerics/steps_skipped"] == 0
     # Flow-Noise std is bounded by the head.
     assert 0.08 <= log["flow/std_mean"] <= 0.16
+
+
+def test_update_rollout_returns_a_typed_result_and_update_keeps_lerobots_contract():
+    from lerobot.rl.algorithms.configs import TrainingStats
+
+    policy, algo = build(minibatch_size=32, update_epochs=2)
+    result = algo.update_rollout(rollout_for(policy, algo))
+    assert isinstance(result, UpdateResult) and isinstance(result.stats, TrainingStats)
+    assert (result.steps_taken, result.steps_skipped) == (4, 0) and result.version_moved and result.weights_changed
+    # LeRobot's RLAlgorithm.update(batch_iterator) -> TrainingStats.
+    stats = algo.update(iter([rollout_for(policy, algo, seed=2)]))
+    assert isinstance(stats, TrainingStats) and stats.extra["numerics/steps_taken"] == 4
+    assert algo.policy_version == 2
+
+
+def test_staleness_rule_has_one_home():
+    _, algo = build(staleness=2)
+    algo._policy_version = 5
+    assert algo.fresh(torch.tensor([2, 3, 4, 5, 6])).tolist() == [False, True, True, True, True]
 
 
 def test_state_dict_round_trip_keeps_optimizer_parameter_identity():
@@ -172,24 +193,61 @@ def test_load_weights_rejects_unknown_keys_and_shapes():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("where", ["observation", "reward", "gradient"])
+@pytest.mark.parametrize("where", ["observation", "gradient"])
 def test_non_finite_values_skip_every_step_and_leave_weights_bit_identical(where):
     policy, algo = build(minibatch_size=16, update_epochs=2)
     rollout = rollout_for(policy, algo)
     if where == "observation":
         rollout.observations["observation.state"][::8] = float("nan")  # every minibatch gets NaN rows
-    elif where == "reward":
-        rollout.reward[0] = float("inf")  # poisons the normalized advantages of all rows
     else:
         policy.backbone.action_out_proj.weight.register_hook(lambda g: torch.full_like(g, float("nan")))
     before = snapshot(policy)
-    stats = algo.update_rollout(rollout)
+    stats = algo.update_rollout(rollout).stats
     assert stats.extra["numerics/steps_taken"] == 0
     assert stats.extra["numerics/steps_skipped"] == 8
     for k, v in policy.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert all(len(opt.state) == 0 for opt in algo.optimizers.values())  # Adam moments untouched
     assert algo.policy_version == 0
+
+
+@pytest.mark.parametrize(("field", "bad"), [("reward", float("inf")), ("value", float("nan")),
+                                            ("log_prob", float("nan"))])
+def test_one_non_finite_row_is_masked_out_and_counted_instead_of_skipping_the_update(field, bad):
+    """One bad row must not poison advantage normalization (and with it every minibatch) for the whole update."""
+    policy, algo = build(minibatch_size=16, update_epochs=2)
+    rollout = rollout_for(policy, algo)
+    getattr(rollout, field)[5] = bad
+    before = snapshot(policy)
+    result = algo.update_rollout(rollout)
+    extra = result.stats.extra
+    assert (result.steps_taken, result.steps_skipped) == (8, 0)
+    assert extra["numerics/rows_nonfinite"] == 1 and extra["samples/used"] == 63
+    assert algo.policy_version == 1
+    assert all(math.isfinite(v) for v in result.stats.to_log_dict().values())
+    assert not torch.equal(policy.backbone.action_out_proj.weight, before["backbone.action_out_proj.weight"])
+    assert all(bool(torch.isfinite(v).all()) for v in policy.state_dict().values())
+
+
+@pytest.mark.parametrize(("scope", "expected"), [("per_group", (1.0, 1.0)), ("global", (0.6, 0.8))])
+def test_gradient_clipping_per_group_or_over_all_groups(scope, expected):
+    """Actor gradient norm 3 and critic 4, max_grad_norm 1: per group each is cut to 1; globally the total norm 5
+    is cut to 1, which keeps the groups' ratio (0.6, 0.8)."""
+    policy, algo = build(grad_clip_scope=scope, max_grad_norm=1.0)
+    assert set(algo.optimizers) == {"actor", "critic"}
+
+    def params(role):
+        return [p for g in algo.optimizers[role].param_groups for p in g["params"]]
+
+    for role, norm in (("actor", 3.0), ("critic", 4.0)):
+        numel = sum(p.numel() for p in params(role))
+        for p in params(role):
+            p.grad = torch.full_like(p, norm / math.sqrt(numel))
+    norms = algo._clip_gradients()
+    assert norms["actor"] == pytest.approx(3.0, rel=1e-5) and norms["critic"] == pytest.approx(4.0, rel=1e-5)
+    after = [float(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params(role)])))
+             for role in ("actor", "critic")]
+    assert after == pytest.approx(list(expected), rel=1e-5)
 
 
 def test_ratio_guard_fails_loudly_when_learner_scores_differently():
@@ -226,7 +284,7 @@ def test_stale_rows_are_dropped_and_counted():
     rollout = rollout_for(policy, algo)
     rollout.policy_version[:10] = 3  # two versions old: beyond the bound
     rollout.policy_version[10:20] = 4  # one version old: kept, reweighted
-    stats = algo.update_rollout(rollout)
+    stats = algo.update_rollout(rollout).stats
     assert stats.extra["samples/dropped_stale"] == 10
     assert stats.extra["samples/used"] == 54
 
@@ -236,7 +294,7 @@ def test_interventions_are_masked_out_of_the_ratio():
     rollout = rollout_for(policy, algo)
     rollout.intervention[:] = True
     before = {k: v.clone() for k, v in policy.state_dict().items() if k.startswith("backbone.")}
-    stats = algo.update_rollout(rollout)
+    stats = algo.update_rollout(rollout).stats
     assert stats.extra["samples/used"] == 0 and stats.extra["samples/interventions"] == 64
     # No policy-gradient signal: actor weights unchanged (the critic still learns from the rewards).
     for k, v in before.items():
@@ -253,7 +311,7 @@ def test_grpo_uses_group_relative_success_and_drops_uniform_groups():
     # group 0: scores (1, 0, 0, 0): mean 0.25, unbiased std 0.5
     assert advantages[0].item() == pytest.approx(1.5, rel=1e-5)
     assert advantages[1].item() == pytest.approx(-0.5, rel=1e-5)
-    stats = algo.update_rollout(rollout)
+    stats = algo.update_rollout(rollout).stats
     assert stats.extra["numerics/steps_taken"] > 0
 
 
@@ -261,12 +319,12 @@ def test_critic_warmup_trains_only_the_value_head_and_keeps_the_version():
     policy, algo = build(critic_warmup_updates=1)
     actor_before = {k: v.clone() for k, v in policy.state_dict().items() if not k.startswith("value_head.")}
     critic_before = policy.value_head.mlp[0].weight.clone()
-    stats = algo.update_rollout(rollout_for(policy, algo))
+    stats = algo.update_rollout(rollout_for(policy, algo)).stats
     assert stats.extra["ppo/critic_warmup"] == 1.0 and algo.policy_version == 0
     for k, v in actor_before.items():
         assert torch.equal(policy.state_dict()[k], v), k
     assert not torch.equal(policy.value_head.mlp[0].weight, critic_before)
-    stats = algo.update_rollout(rollout_for(policy, algo, seed=2))  # warm-up over: the actor trains
+    stats = algo.update_rollout(rollout_for(policy, algo, seed=2)).stats  # warm-up over: the actor trains
     assert stats.extra["ppo/critic_warmup"] == 0.0 and algo.policy_version == 1
     assert not torch.equal(policy.backbone.action_out_proj.weight, actor_before["backbone.action_out_proj.weight"])
 

@@ -1,18 +1,23 @@
 """PI-RL as a LeRobot `RLAlgorithm`: chunk-level PPO on the denoising chain's log-likelihood.
 
 One `update_rollout` is one PPO update, read as the algorithm:
-    drop stale rows  ->  bootstrap values  ->  advantages (GAE per stream, or GRPO)  ->
+    drop stale rows (`fresh`, the one staleness rule)  ->  bootstrap values  ->
+    advantages (GAE per stream, or GRPO)  ->  mask rows with a non-finite reward, value, log-prob or advantage  ->
     [ratio guard on the first minibatch]  ->  update_epochs x shuffled minibatches of
     (evaluate chain -> clipped surrogate + clipped Huber value loss - entropy bonus -> finite? -> clip -> step)
-    ->  policy_version += 1, anneal the Flow-SDE noise level.
+    ->  policy_version += 1 (when an actor step was taken), anneal the Flow-SDE noise level.
+It returns an `UpdateResult`: what the update did (steps taken and skipped, whether the version moved), typed, for
+the runtime's control flow, beside the `TrainingStats` for logging.
 Formulas: docs/concepts.md. Log-probs, ratios and advantages are float32 throughout.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,6 +42,25 @@ class RatioMismatchError(RuntimeError):
 
 def _finite(*tensors: Tensor) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+@dataclass
+class UpdateResult:
+    """What one `PiRLAlgorithm.update_rollout` did."""
+
+    #: Losses, gradient norms and diagnostics, for logging only (LeRobot's `update()` returns these).
+    stats: TrainingStats
+    #: Optimizer steps applied.
+    steps_taken: int
+    #: Minibatches whose step was skipped for a non-finite log-prob, value, loss or gradient.
+    steps_skipped: int
+    #: The policy version advanced (an actor step was taken: not during critic warm-up).
+    version_moved: bool
+
+    @property
+    def weights_changed(self) -> bool:
+        """Some parameters moved (actors need the new weights); False when every step was skipped."""
+        return self.steps_taken > 0
 
 
 class PiRLAlgorithm(RLAlgorithm):
@@ -140,9 +164,14 @@ class PiRLAlgorithm(RLAlgorithm):
         rollout = next(batch_iterator)
         if not isinstance(rollout, Rollout):
             raise TypeError(f"PiRLAlgorithm.update consumes whole Rollouts, got {type(rollout).__name__}")
-        return self.update_rollout(rollout)
+        return self.update_rollout(rollout).stats
 
-    def update_rollout(self, rollout: Rollout) -> TrainingStats:
+    def fresh(self, policy_version: Tensor) -> Tensor:
+        """The staleness rule (its only home): rows sampled by weights at most `config.staleness` versions older
+        than the current ones are fresh; older rows are dropped (`policy_version [N]` long -> `[N]` bool)."""
+        return policy_version >= self._policy_version - self.config.staleness
+
+    def update_rollout(self, rollout: Rollout) -> UpdateResult:
         """One PPO (or GRPO) update on a whole on-policy rollout of chunk steps."""
         if not self.optimizers:
             self.make_optimizers_and_scheduler()
@@ -152,38 +181,86 @@ class PiRLAlgorithm(RLAlgorithm):
 
         rollout, dropped_stale = self._drop_stale(rollout)
         if len(rollout) == 0:
-            return TrainingStats(extra={"samples/used": 0.0, "samples/dropped_stale": float(dropped_stale)})
+            stats = TrainingStats(extra={"samples/used": 0.0, "samples/dropped_stale": float(dropped_stale)})
+            return UpdateResult(stats, steps_taken=0, steps_skipped=0, version_moved=False)
+        warmup = self._in_critic_warmup()
         advantages, returns, keep = self._advantages(rollout)
+        finite = self._finite_rows(rollout, advantages, returns)
+        if not bool(finite.all()):
+            rollout, advantages, returns = self._mask_nonfinite_rows(rollout, advantages, returns, finite)
+        keep = keep & finite
         ratio_mask = keep.clone()
         if self.config.mask_interventions:
             ratio_mask &= ~rollout.intervention
         old_log_prob, behaviour_weight = self._proximal_log_prob(rollout)
         if self.config.normalize_advantages and bool(keep.any()):
             advantages = normalize_advantages(advantages, mask=keep)
-        stats = self._ppo_epochs(rollout, advantages, returns, old_log_prob, behaviour_weight, ratio_mask, keep)
+        result = self._ppo_epochs(
+            rollout, advantages, returns, old_log_prob, behaviour_weight, ratio_mask, keep, finite, warmup
+        )
+        stats = result.stats
         stats.extra.update(
             {
                 "samples/used": float(ratio_mask.sum()),
                 "samples/dropped_stale": float(dropped_stale),
                 "samples/interventions": float(rollout.intervention.sum()),
-                "ppo/explained_variance": float(explained_variance(rollout.value.float(), returns)),
+                "numerics/rows_nonfinite": float((~finite).sum()),
+                "ppo/explained_variance": float(explained_variance(rollout.value[finite].float(), returns[finite])),
                 "ppo/advantage_abs_mean": float(advantages[keep].abs().mean()) if bool(keep.any()) else 0.0,
-                "rollout/reward_mean": float(rollout.reward.float().mean()),
+                "rollout/reward_mean": float(rollout.reward[finite].float().mean()) if bool(finite.any()) else 0.0,
             }
         )
-        if stats.extra.get("numerics/steps_taken", 0.0) > 0 and not stats.extra.get("ppo/critic_warmup", 0.0):
+        if result.version_moved:
             self._policy_version += 1
         self._num_updates += 1
         self._apply_noise_schedule()
         stats.extra["policy/version"] = float(self._policy_version)
         stats.extra["flow/sde_noise_level"] = float(self.policy.sde_noise_level)
-        return stats
+        return result
 
     def _apply_noise_schedule(self) -> None:
         self.policy.apply_exploration_schedule(self._num_updates)
 
+    def _in_critic_warmup(self) -> bool:
+        """The first `critic_warmup_updates` updates step only the critic (the version does not move)."""
+        cfg = self.config
+        use_critic = cfg.advantage.uses_critic and cfg.value_coef > 0
+        return use_critic and self._num_updates < cfg.critic_warmup_updates
+
+    @staticmethod
+    def _finite_rows(rollout: Rollout, advantages: Tensor, returns: Tensor) -> Tensor:
+        """`[N]` bool: rows whose behaviour numbers (reward, value, log-prob) and targets (advantage, return) are
+        all finite. A non-finite reward or value also makes the advantages of its stream's earlier rows
+        non-finite (GAE runs backwards through it): those rows are out too."""
+        n = len(rollout)
+        return (
+            torch.isfinite(rollout.reward)
+            & torch.isfinite(rollout.value)
+            & torch.isfinite(rollout.log_prob.reshape(n, -1)).all(dim=1)
+            & torch.isfinite(advantages.reshape(n, -1)).all(dim=1)
+            & torch.isfinite(returns)
+        )
+
+    @staticmethod
+    def _mask_nonfinite_rows(
+        rollout: Rollout, advantages: Tensor, returns: Tensor, finite: Tensor
+    ) -> tuple[Rollout, Tensor, Tensor]:
+        """Zero the non-finite rows' numbers. They are masked out of normalization and every loss, but still go
+        through the minibatch arithmetic, where a NaN would reach the gradients as 0 * NaN = NaN."""
+        logger.warning("%d rollout row(s) with a non-finite reward, value or log-prob masked out of this update",
+                       int((~finite).sum()))
+
+        def zero(x: Tensor) -> Tensor:
+            rows = finite.reshape(finite.shape + (1,) * (x.dim() - 1))
+            return torch.where(rows, x, torch.zeros_like(x))
+
+        rollout = dataclasses.replace(
+            rollout, reward=zero(rollout.reward), value=zero(rollout.value), log_prob=zero(rollout.log_prob)
+        )
+        return rollout, zero(advantages), zero(returns)
+
     def _drop_stale(self, rollout: Rollout) -> tuple[Rollout, int]:
-        fresh = rollout.policy_version >= self._policy_version - self.config.staleness
+        fresh = self.fresh(rollout.policy_version)
         dropped = int((~fresh).sum())
         if dropped:
             rollout = rollout.select(fresh)
@@ -293,12 +370,13 @@ class PiRLAlgorithm(RLAlgorithm):
         behaviour_weight: Tensor,
         ratio_mask: Tensor,
         keep: Tensor,
-    ) -> TrainingStats:
+        finite: Tensor,
+        warmup: bool,
+    ) -> UpdateResult:
         cfg = self.config
         n = len(rollout)
         use_entropy = self.policy.exploration.learns_std and cfg.entropy_coef > 0
         use_critic = cfg.advantage.uses_critic and cfg.value_coef > 0
-        warmup = use_critic and self._num_updates < cfg.critic_warmup_updates
         stepped = {"critic"} if warmup else set(self.optimizers)
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
@@ -315,7 +393,9 @@ class PiRLAlgorithm(RLAlgorithm):
             for rows in torch.randperm(n, device=advantages.device).split(cfg.minibatch_size):
                 ev = self._evaluate(rollout, rows)
                 if first:
-                    self._check_ratio(ev.log_prob.detach(), old_log_prob[rows], rollout.policy_version[rows])
+                    self._check_ratio(
+                        ev.log_prob.detach(), old_log_prob[rows], rollout.policy_version[rows], finite[rows]
+                    )
                     first = False
                 mask = ratio_mask[rows]
                 pg_loss, pg = ppo_policy_loss(
@@ -391,11 +471,15 @@ class PiRLAlgorithm(RLAlgorithm):
                 "numerics/steps_skipped": float(steps_skipped),
             }
         )
-        return TrainingStats(losses=losses, grad_norms=grads, extra=extra)
+        stats = TrainingStats(losses=losses, grad_norms=grads, extra=extra)
+        return UpdateResult(
+            stats, steps_taken=steps_taken, steps_skipped=steps_skipped, version_moved=steps_taken > 0 and not warmup
+        )
 
-    def _check_ratio(self, log_prob: Tensor, old_log_prob: Tensor, versions: Tensor) -> None:
-        """On the first minibatch, rows sampled by the current weights must score exactly as recorded."""
-        current = versions == self._policy_version
+    def _check_ratio(self, log_prob: Tensor, old_log_prob: Tensor, versions: Tensor, finite: Tensor) -> None:
+        """On the first minibatch, rows sampled by the current weights must score exactly as recorded (rows masked
+        for non-finite numbers carry no recorded log-prob any more)."""
+        current = (versions == self._policy_version) & finite
         if not bool(current.any()):
             return
         diff = (log_prob.float() - old_log_prob.float())[current].abs()
@@ -415,9 +499,28 @@ class PiRLAlgorithm(RLAlgorithm):
             opt.zero_grad(set_to_none=True)
 
     def _clip_gradients(self) -> dict[str, float]:
-        norms = {}
-        for role, opt in self.optimizers.items():
-            params = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
-            if params:
-                norms[role] = float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
-        return norms
+        """Clip to `max_grad_norm` per optimizer group or over all of them (`grad_clip_scope`); returns each
+        group's norm before clipping (and, for `global`, the total norm under "global")."""
+        grouped = {
+            role: [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+            for role, opt in self.optimizers.items()
+        }
+        grouped = {role: params for role, params in grouped.items() if params}
+        if self.config.grad_clip_scope == "global":
+            return self._clip_global_norm(grouped)
+        return {
+            role: float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
+            for role, params in grouped.items()
+        }
+
+    def _clip_global_norm(self, grouped: dict[str, list[Tensor]]) -> dict[str, float]:
+        """One norm over every group's gradients, clipped together (the total is computed once from the groups')."""
+        group_norms = {
+            role: torch.nn.utils.get_total_norm([p.grad for p in params]) for role, params in grouped.items()
+        }
+        if not group_norms:
+            return {}
+        total = torch.linalg.vector_norm(torch.stack(list(group_norms.values())))
+        torch.nn.utils.clip_grads_with_norm_([p for params in grouped.values() for p in params],
+                                             self.config.max_grad_norm, total)
+        return {**{role: float(n) for role, n in group_norms.items()}, "global": float(total)}

@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch.multiprocessing import Queue
@@ -34,7 +33,7 @@ from lerobot.utils.random_utils import set_seed
 
 from .config import PiRLTrainRLServerPipelineConfig, apply_torch_threads, policy_dataset_stats
 from .env_streams import StepResult, make_env_streams
-from .transitions import STREAM_STRIDE, chunk_to_transition
+from .schema import STREAM_STRIDE, ChunkOrigin, ChunkOutcome, chunk_transition
 from .transport import LEARNER_SESSION_KEY, TRAINING_DONE_KEY, new_client, wait_for_learner
 
 logger = logging.getLogger("lerobot_policy_pi_rl.actor")
@@ -52,19 +51,6 @@ class EpisodeStats:
         self.length += 1
         self.intervention_steps += int(step.intervention)
         self.success = self.success or step.success
-
-
-@dataclass
-class ChunkOutcome:
-    """What executing (part of) one chunk in one env produced."""
-
-    next_observation: dict[str, Any]
-    executed: torch.Tensor  # [C', A_env]
-    reward: float
-    terminated: bool
-    truncated: bool
-    success: bool
-    intervention: bool
 
 
 @dataclass
@@ -182,27 +168,18 @@ class PiRLActor:
                             success, intervention)
 
     def send(self, batch: list[dict], outcomes: list[ChunkOutcome], sample) -> None:
+        """One chunk transition per env: row i of the batched `ChainSample` with env i's outcome."""
         transitions = []
         for i, out in enumerate(outcomes):
             transitions.append(
-                chunk_to_transition(
+                chunk_transition(
                     observation=batch[i],
                     next_observation=self.preprocess_one(i, out.next_observation),
-                    executed_actions=out.executed,
-                    reward=out.reward,
-                    terminated=out.terminated,
-                    truncated=out.truncated and not out.terminated,
-                    chain=sample.record.chain[i],
-                    stochastic=sample.record.stochastic[i],
-                    noise_level=sample.record.noise_level[i],
-                    log_prob=sample.log_prob[i],
-                    value=sample.value[i],
-                    policy_version=self.algorithm.policy_version,
-                    learner_session=self.session,
-                    stream_id=self.stream_ids[i],
-                    chunk_index=self.chunk_index[i],
-                    success=out.success,
-                    is_intervention=out.intervention,
+                    sample=sample,
+                    row=i,
+                    outcome=out,
+                    origin=ChunkOrigin(self.algorithm.policy_version, self.session, self.stream_ids[i],
+                                       self.chunk_index[i]),
                 )
             )
             self.chunk_index[i] += 1

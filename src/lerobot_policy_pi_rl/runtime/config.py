@@ -49,6 +49,10 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
     actor_index: int = 0
     # Print a console progress line every N updates.
     console_log_every_updates: int = 1
+    # Stop the learner with an error after this many consecutive updates in which some optimizer step was skipped
+    # for a non-finite log-prob, value, loss or gradient (`numerics/steps_skipped` > 0): a run that keeps producing
+    # NaN/inf is not learning. 0 never stops.
+    max_consecutive_skipped_updates: int = 3
     # Actor: keep retrying a lost learner for this many seconds before giving up (covers learner restarts).
     reconnect_timeout_s: float = 120.0
     # Actor: stop after this many chunk steps per env (0 = run until the learner says training is done).
@@ -94,7 +98,8 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
             self.algorithm.policy_config = self.policy
         for name in ("num_updates", "n_envs", "num_actors", "console_log_every_updates"):
             require(getattr(self, name) >= 1, f"{name}={getattr(self, name)} must be >= 1")
-        for name in ("checkpoint_every_updates", "actor_max_chunks", "actor_index", "torch_threads"):
+        for name in ("checkpoint_every_updates", "actor_max_chunks", "actor_index", "torch_threads",
+                     "max_consecutive_skipped_updates"):
             require(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
         require(
             self.actor_index < self.num_actors,

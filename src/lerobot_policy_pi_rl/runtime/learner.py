@@ -5,15 +5,16 @@
     (`lerobot-pi-rl-learner ...`; `--algorithm.type=sac` runs LeRobot's stock SAC learner unchanged.)
 
 The loop, one stage per line (`PiRLLearner.run`):
-    publish weights v0 -> repeat: collect `rollout_chunks` fresh rows -> PPO update -> publish weights v+1 ->
-    log -> checkpoint every N updates -> after `num_updates`: final checkpoint, tell actors to stop, exit.
-Checkpoints use LeRobot's layout (`checkpoints/<update>/{pretrained_model,algorithm,training_state}`, `last`);
-`--resume=true` restores weights, optimizers, RNG and counters from `checkpoints/last` or fails loudly.
+    publish weights v0 -> repeat: collect `rollout_chunks` fresh rows -> PPO update -> publish the new weights
+    (unless every step was skipped) -> log -> stop on repeated skipped steps -> checkpoint every N updates ->
+    after `num_updates`: final checkpoint (unless just written), tell actors to stop, exit.
+Checkpoints (`checkpoint.py`) use LeRobot's layout; `--resume=true` restores weights, optimizers, RNG and
+counters from `checkpoints/last` or fails loudly. Metrics (`metrics.py`) go to `metrics.jsonl`, the console and,
+with `--wandb.enable=true`, to W&B through LeRobot's own logger.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import sys
@@ -24,38 +25,24 @@ from queue import Empty
 from typing import Any
 
 import torch
-from huggingface_hub.constants import SAFETENSORS_SINGLE_FILE
-from safetensors.torch import load_file, load_model
 
-from lerobot.common.train_utils import get_step_checkpoint_dir, save_checkpoint, update_last_checkpoint
-from lerobot.optim.optimizers import load_optimizer_state
 from lerobot.policies import make_policy, make_pre_post_processors
 from lerobot.transport.utils import bytes_to_python_object, bytes_to_transitions, state_to_bytes
-from lerobot.utils.constants import (
-    ALGORITHM_DIR,
-    CHECKPOINTS_DIR,
-    LAST_CHECKPOINT_LINK,
-    PRETRAINED_MODEL_DIR,
-    TRAINING_STATE_DIR,
-    TRAINING_STEP,
-)
-from lerobot.utils.io_utils import load_json, write_json
 from lerobot.utils.process import ProcessSignalHandler
-from lerobot.utils.random_utils import load_rng_state, set_seed
+from lerobot.utils.random_utils import set_seed
 from lerobot.utils.transition import Transition
 
+from ..rl.algorithm import PiRLAlgorithm, UpdateResult
+from . import checkpoint
 from .config import PiRLTrainRLServerPipelineConfig, apply_torch_threads, policy_dataset_stats
 from .console import setup_logging
-from .metrics import EpisodeWindow
-from .transitions import (
-    LEARNER_SESSION,
+from .metrics import Counters, DropCounts, EpisodeWindow, MetricsFile, console_line, update_log
+from .schema import (
     NUM_EXECUTED,
     POLICY_VERSION,
-    DropCounts,
     ForeignTransitionLog,
     NotAPiRLTransition,
-    is_finite_transition,
-    check_pi_rl_transition,
+    admit,
     transitions_to_rollout,
 )
 from .transport import (
@@ -69,8 +56,8 @@ from .transport import (
 logger = logging.getLogger("lerobot_policy_pi_rl.learner")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint to resume from is missing or broken (never silently start fresh)."""
+class SkippedStepsError(RuntimeError):
+    """Too many consecutive updates skipped optimizer steps for non-finite numbers."""
 
 
 @dataclass
@@ -82,14 +69,6 @@ class Transport:
     parameters_queue: Any
     service: BroadcastLearnerService
     server: Any
-
-
-@dataclass
-class Counters:
-    updates: int = 0
-    interaction_steps: int = 0
-    chunks_received: int = 0
-    episodes: int = 0
 
 
 class PiRLLearner:
@@ -120,8 +99,9 @@ class PiRLLearner:
         self.session = random.SystemRandom().randrange(1, 2**62)
         self.pending: list[Transition] = []
         self.started = time.perf_counter()
-        # One JSON line per update (appended across resumes): what learning curves and reports are drawn from.
-        self.metrics_path = Path(cfg.output_dir) / "metrics.jsonl"
+        self.metrics = MetricsFile(Path(cfg.output_dir) / "metrics.jsonl")
+        self.skipped_in_a_row = 0
+        self.checkpointed_update: int | None = None
 
     # ------------------------------------------------------------------------------------------------------
     # The loop
@@ -137,13 +117,15 @@ class PiRLLearner:
                 logger.info("[LEARNER] shutdown requested after %d updates", self.counters.updates)
                 break
             t_collect = time.perf_counter() - t0
-            stats = self.algorithm.update_rollout(transitions_to_rollout(rows, self.drops))
+            result = self.algorithm.update_rollout(transitions_to_rollout(rows))
             self.counters.updates += 1
-            self.publish_weights()
-            self.log_update(stats, rows, t_collect, time.perf_counter() - t0)
+            if result.weights_changed:
+                self.publish_weights()
+            self.log_update(result.stats, len(rows), t_collect, time.perf_counter() - t0)
+            self.check_skipped_steps(result)
             self.maybe_checkpoint()
         done = self.counters.updates >= self.cfg.num_updates
-        if done:
+        if done and self.checkpointed_update != self.counters.updates:
             self.save_checkpoint()
         self.publish_weights(training_done=done)
         return 0
@@ -161,7 +143,8 @@ class PiRLLearner:
     def collect_rollout_rows(self) -> list[Transition] | None:
         """Drain actor messages until `rollout_chunks` fresh rows are pending; None on shutdown."""
         need = self.cfg.algorithm.rollout_chunks
-        while len(self._fresh(self.pending)) < need:
+        self.pending = self.keep_fresh(self.pending)  # the last update moved the version: some rows aged out
+        while len(self.pending) < need:
             if self.shutdown_event.is_set():
                 return None
             self.drain_interactions()
@@ -169,40 +152,31 @@ class PiRLLearner:
                 message = self.transport.transition_queue.get(timeout=0.1)
             except Empty:
                 continue
-            self.pending.extend(self.accept(bytes_to_transitions(message)))
-        fresh = self._fresh(self.pending)
-        rows, self.pending = fresh[:need], fresh[need:]
+            self.pending.extend(self.keep_fresh(self.accept(bytes_to_transitions(message))))
+        rows, self.pending = self.pending[:need], self.pending[need:]
         self.drain_interactions()
         return rows
 
     def accept(self, transitions: list[Transition]) -> list[Transition]:
-        """Validate one actor message: foreign senders are logged once and dropped, non-finite rows counted."""
+        """The arrival check of one actor message: foreign senders are logged once and rejected; rows of another
+        learner session or with NaN/inf are dropped and counted."""
         try:
-            for tr in transitions:
-                check_pi_rl_transition(tr)
+            kept = admit(transitions, session=self.session, drops=self.drops)
         except NotAPiRLTransition as err:
             self.foreign.report(err)
             self.drops.rejected += len(transitions)
             return []
-        kept = []
-        for tr in transitions:
-            info = tr["complementary_info"]
-            self.counters.chunks_received += 1
-            self.counters.interaction_steps += int(info[NUM_EXECUTED])
-            if int(info[LEARNER_SESSION]) != self.session:
-                self.drops.foreign_session += 1
-            elif not is_finite_transition(tr):
-                self.drops.nonfinite += 1
-            else:
-                kept.append(tr)
+        self.counters.chunks_received += len(transitions)
+        self.counters.interaction_steps += sum(int(tr["complementary_info"][NUM_EXECUTED.key]) for tr in transitions)
         return kept
 
-    def _fresh(self, rows: list[Transition]) -> list[Transition]:
-        """Rows within the staleness bound of the current version (older ones are dropped and counted)."""
-        oldest = self.algorithm.policy_version - self.cfg.algorithm.staleness
-        fresh = [tr for tr in rows if int(tr["complementary_info"][POLICY_VERSION]) >= oldest]
+    def keep_fresh(self, rows: list[Transition]) -> list[Transition]:
+        """Rows the algorithm's staleness rule keeps (the others are dropped and counted)."""
+        if not rows:
+            return rows
+        versions = torch.tensor([int(tr["complementary_info"][POLICY_VERSION.key]) for tr in rows])
+        fresh = [tr for tr, ok in zip(rows, self.algorithm.fresh(versions).tolist(), strict=True) if ok]
         self.drops.stale += len(rows) - len(fresh)
-        self.pending = fresh
         return fresh
 
     def drain_interactions(self) -> None:
@@ -220,37 +194,29 @@ class PiRLLearner:
                     mode="train",
                 )
 
-    def log_update(self, stats, rows: list[Transition], t_collect: float, t_total: float) -> None:
-        log = {
-            **stats.to_log_dict(),
-            **self.episodes.as_log_dict(),
-            **self.drops.as_log_dict(),
-            "rollout/rows": float(len(rows)),
-            "rollout/chunks_received": float(self.counters.chunks_received),
-            "rollout/interaction_steps": float(self.counters.interaction_steps),
-            "perf/collect_s": t_collect,
-            "perf/update_s": t_total - t_collect,
-            "perf/rows_per_s": len(rows) / max(t_total, 1e-9),
-            "policy/version": float(self.algorithm.policy_version),
-        }
+    def log_update(self, stats, rows: int, collect_s: float, total_s: float) -> None:
+        log = update_log(stats=stats, episodes=self.episodes, drops=self.drops, counters=self.counters, rows=rows,
+                         policy_version=self.algorithm.policy_version, collect_s=collect_s, total_s=total_s)
         if self.wandb:
             self.wandb.log_dict(log, step=self.counters.interaction_steps, mode="train")
-        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.metrics_path, "a") as f:
-            record = {"update": self.counters.updates, "wall_time_s": time.perf_counter() - self.started, **log}
-            f.write(json.dumps({k: v for k, v in record.items() if v == v}) + "\n")  # NaN (no episode yet) left out
+        self.metrics.append(
+            {"update": self.counters.updates, "wall_time_s": time.perf_counter() - self.started, **log}
+        )
         if self.counters.updates % self.cfg.console_log_every_updates == 0 or self.counters.updates == 1:
-            logger.info(
-                "[LEARNER] update %d/%d | version %d | rows %d (dropped: stale %d, nan %d, foreign %d) | "
-                "env steps %d | return %.3f | success %.2f | ep_len %.1f | interv %.2f | "
-                "loss/policy %.4f | loss/value %.4f | approx_kl %.4f | clip %.3f | collect %.2fs update %.2fs",
-                self.counters.updates, self.cfg.num_updates, self.algorithm.policy_version, len(rows),
-                self.drops.stale, self.drops.nonfinite, self.drops.rejected + self.drops.foreign_session,
-                self.counters.interaction_steps, log["rollout/episode_return"], log["rollout/success_rate"],
-                log["rollout/episode_length"], log["rollout/intervention_rate"],
-                stats.losses.get("policy", float("nan")), stats.losses.get("value", float("nan")),
-                stats.extra.get("ppo/approx_kl", float("nan")), stats.extra.get("ppo/clip_fraction", float("nan")),
-                t_collect, t_total - t_collect,
+            logger.info(console_line(log, update=self.counters.updates, num_updates=self.cfg.num_updates,
+                                     drops=self.drops))
+
+    def check_skipped_steps(self, result: UpdateResult) -> None:
+        """Raise `SkippedStepsError` once `max_consecutive_skipped_updates` updates in a row skipped steps."""
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if result.steps_skipped > 0 else 0
+        limit = self.cfg.max_consecutive_skipped_updates
+        if limit > 0 and self.skipped_in_a_row >= limit:
+            raise SkippedStepsError(
+                f"{self.skipped_in_a_row} consecutive updates skipped optimizer steps for non-finite numbers "
+                f"(numerics/steps_skipped > 0; last update: {result.steps_skipped} skipped, {result.steps_taken} "
+                f"taken), max_consecutive_skipped_updates={limit}: stopping at update {self.counters.updates}. "
+                "Usual causes: a learning rate too high for the backbone, or Flow-SDE steps at tiny t with a "
+                "large noise level."
             )
 
     def maybe_checkpoint(self) -> None:
@@ -258,72 +224,15 @@ class PiRLLearner:
         if self.cfg.save_checkpoint and every > 0 and self.counters.updates % every == 0:
             self.save_checkpoint()
 
-    # ------------------------------------------------------------------------------------------------------
-    # Checkpoints
-    # ------------------------------------------------------------------------------------------------------
-
     def save_checkpoint(self) -> Path:
-        ckpt = get_step_checkpoint_dir(Path(self.cfg.output_dir), self.cfg.num_updates, self.counters.updates)
-        save_checkpoint(
-            checkpoint_dir=ckpt,
-            step=self.counters.updates,
-            cfg=self.cfg,
-            policy=self.policy,
-            optimizer=self.algorithm.get_optimizers(),
-            preprocessor=self.preprocessor,
-            postprocessor=self.postprocessor,
-        )
-        self.algorithm.save_pretrained(ckpt / ALGORITHM_DIR)
-        write_json(
-            {
-                "step": self.counters.updates,
-                "interaction_step": self.counters.interaction_steps,
-                "chunks_received": self.counters.chunks_received,
-                "episodes": self.counters.episodes,
-                "policy_version": self.algorithm.policy_version,
-            },
-            ckpt / TRAINING_STATE_DIR / TRAINING_STEP,
-        )
-        update_last_checkpoint(ckpt)
-        logger.info("[LEARNER] checkpoint %s (version %d)", ckpt, self.algorithm.policy_version)
+        ckpt = checkpoint.save(self.cfg, policy=self.policy, algorithm=self.algorithm, preprocessor=self.preprocessor,
+                               postprocessor=self.postprocessor, counters=self.counters)
+        self.checkpointed_update = self.counters.updates
         return ckpt
 
     def resume(self) -> None:
-        """Restore everything from `checkpoints/last`; raises `CheckpointError` on anything missing."""
-        ckpt = Path(self.cfg.output_dir) / CHECKPOINTS_DIR / LAST_CHECKPOINT_LINK
-        if not ckpt.exists():
-            raise CheckpointError(f"resume=true but there is no checkpoint at {ckpt}")
-        ckpt = ckpt.resolve()
-        model_file = ckpt / PRETRAINED_MODEL_DIR / SAFETENSORS_SINGLE_FILE
-        state_dir = ckpt / TRAINING_STATE_DIR
-        algo_file = ckpt / ALGORITHM_DIR / SAFETENSORS_SINGLE_FILE
-        for required in (model_file, state_dir / TRAINING_STEP, algo_file):
-            if not required.is_file():
-                raise CheckpointError(f"broken checkpoint {ckpt}: {required.relative_to(ckpt)} is missing")
-        try:
-            missing, unexpected = load_model(self.policy, str(model_file), strict=True, device="cpu")
-            self.policy.to(self.cfg.policy.device)
-            for name, opt in self.algorithm.get_optimizers().items():
-                if not (state_dir / name).is_dir():
-                    raise CheckpointError(f"broken checkpoint {ckpt}: optimizer state '{name}' is missing")
-                load_optimizer_state(opt, state_dir / name)
-            self.algorithm.load_state_dict(load_file(str(algo_file)), device=self.cfg.policy.device)
-            load_rng_state(state_dir)
-            step = load_json(state_dir / TRAINING_STEP)
-        except CheckpointError:
-            raise
-        except Exception as err:
-            raise CheckpointError(f"cannot resume from {ckpt}: {type(err).__name__}: {err}") from err
-        self.counters = Counters(
-            updates=int(step["step"]),
-            interaction_steps=int(step.get("interaction_step", 0)),
-            chunks_received=int(step.get("chunks_received", 0)),
-            episodes=int(step.get("episodes", 0)),
-        )
-        logger.info(
-            "[LEARNER] resumed from %s: update %d, version %d, env steps %d",
-            ckpt, self.counters.updates, self.algorithm.policy_version, self.counters.interaction_steps,
-        )
+        self.counters = checkpoint.resume(self.cfg, policy=self.policy, algorithm=self.algorithm)
+        self.checkpointed_update = self.counters.updates
 
     # ------------------------------------------------------------------------------------------------------
 
@@ -335,6 +244,10 @@ class PiRLLearner:
         time.sleep(0.2)
         self.shutdown_event.set()
         stop_server(self.transport.server, grace_s=2.0)
+        if self.wandb is not None:
+            import wandb
+
+            wandb.finish()  # flush the run now (LeRobot's logger leaves it to interpreter exit)
         # Weights no actor will read any more must not keep the process alive: a multiprocessing queue's feeder
         # thread otherwise blocks interpreter exit on its full pipe.
         for queue in (self.transport.parameters_queue, self.transport.transition_queue,
@@ -346,9 +259,7 @@ class PiRLLearner:
 
 def build_learner(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event=None) -> PiRLLearner:
     """Assemble policy, algorithm, processors, gRPC server and logger; resume if asked."""
-    from ..rl.algorithm import PiRLAlgorithm
-
-    guard_output_dir(cfg)
+    checkpoint.guard_output_dir(cfg)
     set_seed(cfg.seed)
     if shutdown_event is None:
         shutdown_event = ProcessSignalHandler(use_threads=True).shutdown_event
@@ -390,18 +301,15 @@ def build_transport(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event) -> Tra
     return Transport(queues[0], queues[1], queues[2], service, server)
 
 
-def guard_output_dir(cfg: PiRLTrainRLServerPipelineConfig) -> None:
-    last = Path(cfg.output_dir) / CHECKPOINTS_DIR / LAST_CHECKPOINT_LINK
-    if not cfg.resume and last.exists():
-        raise FileExistsError(f"{last} exists: pass --resume=true to continue that run, or another --output_dir")
-
-
 def run_learner(cfg: PiRLTrainRLServerPipelineConfig) -> int:
     setup_logging(cfg, "learner")
     logger.info("[LEARNER] torch threads: %d", apply_torch_threads(cfg))
     learner = build_learner(cfg)
     try:
         code = learner.run()
+    except SkippedStepsError as err:
+        logger.error("[LEARNER] %s", err)
+        code = 1
     finally:
         learner.close()
     logger.info("[LEARNER] done: %d updates, version %d", learner.counters.updates, learner.algorithm.policy_version)

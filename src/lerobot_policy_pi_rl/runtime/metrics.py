@@ -1,9 +1,19 @@
-"""Training metrics of the RL runtime: what the learner aggregates, logs and writes per update."""
+"""Training metrics of the RL runtime: what the learner aggregates, logs and writes per update.
+
+Every metric lives under a stable namespace, the same in `metrics.jsonl`, W&B (where LeRobot's logger prefixes
+`train/`) and the docs: `loss/...`, `grad/...`, `ppo/...`, `flow/...`, `samples/...`, `numerics/...`,
+`rollout/...`, `perf/...`, `policy/version`.
+"""
 
 from __future__ import annotations
 
-from collections import deque
+import json
+import math
+from collections import Counter, deque
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from lerobot.rl.algorithms.configs import TrainingStats
 
 
 @dataclass
@@ -31,3 +41,101 @@ class EpisodeWindow:
             "rollout/episode_length": mean(self.lengths),
             "rollout/intervention_rate": mean(self.interventions),
         }
+
+
+@dataclass
+class Counters:
+    """The learner's progress, saved with every checkpoint."""
+
+    updates: int = 0
+    interaction_steps: int = 0
+    chunks_received: int = 0
+    episodes: int = 0
+
+
+@dataclass
+class DropCounts:
+    """Rows the learner did not train on, by reason (logged under rollout/dropped_*)."""
+
+    nonfinite: int = 0
+    stale: int = 0
+    foreign_session: int = 0
+    rejected: int = 0
+    #: Non-finite rows by the first offending part (`reward`, a field key, `state.<key>`, `next_state.<key>`).
+    by_field: Counter = field(default_factory=Counter)
+
+    def as_log_dict(self) -> dict[str, float]:
+        return {
+            "rollout/dropped_nonfinite": float(self.nonfinite),
+            "rollout/dropped_stale": float(self.stale),
+            "rollout/dropped_foreign_session": float(self.foreign_session),
+            "rollout/rejected_not_pi_rl": float(self.rejected),
+        }
+
+
+def training_log(stats: TrainingStats) -> dict[str, float]:
+    """An update's `TrainingStats` under the stable names: losses as `loss/<name>`, gradient norms as
+    `grad/<group>`, the diagnostics (already namespaced) as they are."""
+    return {
+        **{f"loss/{name}": v for name, v in stats.losses.items()},
+        **{f"grad/{name}": v for name, v in stats.grad_norms.items()},
+        **stats.extra,
+    }
+
+
+def update_log(
+    *,
+    stats: TrainingStats,
+    episodes: EpisodeWindow,
+    drops: DropCounts,
+    counters: Counters,
+    rows: int,
+    policy_version: int,
+    collect_s: float,
+    total_s: float,
+) -> dict[str, float]:
+    """Everything logged for one update (W&B, `metrics.jsonl`, the console line)."""
+    return {
+        **training_log(stats),
+        **episodes.as_log_dict(),
+        **drops.as_log_dict(),
+        "rollout/rows": float(rows),
+        "rollout/chunks_received": float(counters.chunks_received),
+        "rollout/interaction_steps": float(counters.interaction_steps),
+        "perf/collect_s": collect_s,
+        "perf/update_s": total_s - collect_s,
+        "perf/rows_per_s": rows / max(total_s, 1e-9),
+        "policy/version": float(policy_version),
+    }
+
+
+class MetricsFile:
+    """`metrics.jsonl`: one JSON line per update, appended across resumes; learning curves and reports are drawn
+    from it. NaN values (e.g. no finished episode yet) are left out, so every line is strict JSON."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    def append(self, record: dict[str, float]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps({k: v for k, v in record.items() if not _is_nan(v)}) + "\n")
+
+
+def _is_nan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def console_line(log: dict[str, float], *, update: int, num_updates: int, drops: DropCounts) -> str:
+    """The one progress line per update."""
+    nan = float("nan")
+    return (
+        f"[LEARNER] update {update}/{num_updates} | version {int(log['policy/version'])} | "
+        f"rows {int(log['rollout/rows'])} (dropped: stale {drops.stale}, nan {drops.nonfinite}, "
+        f"foreign {drops.rejected + drops.foreign_session}) | env steps {int(log['rollout/interaction_steps'])} | "
+        f"return {log['rollout/episode_return']:.3f} | success {log['rollout/success_rate']:.2f} | "
+        f"ep_len {log['rollout/episode_length']:.1f} | interv {log['rollout/intervention_rate']:.2f} | "
+        f"loss/policy {log.get('loss/policy', nan):.4f} | loss/value {log.get('loss/value', nan):.4f} | "
+        f"approx_kl {log.get('ppo/approx_kl', nan):.4f} | clip {log.get('ppo/clip_fraction', nan):.3f} | "
+        f"collect {log['perf/collect_s']:.2f}s update {log['perf/update_s']:.2f}s"
+    )
