@@ -131,7 +131,7 @@ def ppo_update(policy, transitions, *, mask_interventions: bool) -> tuple[dict, 
     in arrival order); returns its stats and every call of the PPO policy loss (inputs and result)."""
     from lerobot_policy_pi_rl.rl import algorithm as algorithm_module
     from lerobot_policy_pi_rl.rl.config import PiRLAlgorithmConfig
-    from lerobot_policy_pi_rl.runtime.transitions import transitions_to_rollout
+    from lerobot_policy_pi_rl.runtime.schema import transitions_to_rollout
 
     rollout = transitions_to_rollout(transitions)
     calls = []
@@ -148,14 +148,14 @@ def ppo_update(policy, transitions, *, mask_interventions: bool) -> tuple[dict, 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(algorithm_module, "ppo_policy_loss", spy)
         patch.setattr(torch, "randperm", lambda n, **kw: torch.arange(n, device=kw.get("device")))
-        stats = algorithm_module.PiRLAlgorithm(policy, config).update_rollout(rollout)
+        stats = algorithm_module.PiRLAlgorithm(policy, config).update_rollout(rollout).stats
     return {**stats.losses, **stats.extra}, calls
 
 
 def is_intervention(transition) -> bool:
-    from lerobot_policy_pi_rl.runtime.transitions import IS_INTERVENTION
+    from lerobot_policy_pi_rl.runtime.schema import IS_INTERVENTION
 
-    return bool(transition["complementary_info"][IS_INTERVENTION])
+    return bool(transition["complementary_info"][IS_INTERVENTION.key])
 
 
 # ----------------------------------------------------------------------------------------------------------------
