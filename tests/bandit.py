@@ -59,6 +59,12 @@ def pretrain_mediocre(policy: PiRLPolicy, *, bias: float, spread: float, steps: 
 
 def collect_rollout(policy: PiRLPolicy, *, n: int, version: int, generator: torch.Generator) -> Rollout:
     obs = torch.rand(n, OBS_DIM, generator=generator) * 2 - 1
+    return collect_rollout_for(policy, obs, version=version, generator=generator)
+
+
+def collect_rollout_for(policy: PiRLPolicy, obs: torch.Tensor, *, version: int, generator: torch.Generator) -> Rollout:
+    """One terminated one-decision episode per row of `obs [N, 2]`."""
+    n = obs.shape[0]
     batch = {"observation.state": obs}
     sample = policy.sample_chain(batch, generator=generator)
     ones = torch.ones(n, dtype=torch.bool)
@@ -93,3 +99,16 @@ def expected_reward(policy: PiRLPolicy, *, n: int = 1024, seed: int = 12345, sto
         torch.manual_seed(seed)
         chunk = policy.predict_action_chunk(batch)
     return float(reward(obs, chunk).mean())
+
+
+def collect_group_rollout(
+    policy: PiRLPolicy, *, groups: int, group_size: int, version: int, generator: torch.Generator,
+    success_above: float,
+) -> Rollout:
+    """GRPO-style: `groups` observations, each decided `group_size` times (the same initial state); an
+    episode (one decision) succeeds when its reward exceeds `success_above`."""
+    obs = (torch.rand(groups, OBS_DIM, generator=generator) * 2 - 1).repeat_interleave(group_size, dim=0)
+    rollout = collect_rollout_for(policy, obs, version=version, generator=generator)
+    rollout.group_id = torch.arange(groups).repeat_interleave(group_size)
+    rollout.success = rollout.reward > success_above
+    return rollout

@@ -9,7 +9,7 @@ import draccus
 import pytest
 import torch
 
-from bandit import bandit_config, collect_rollout, expected_reward, pretrain_mediocre
+from bandit import bandit_config, collect_group_rollout, collect_rollout, expected_reward, pretrain_mediocre
 from lerobot.rl.algorithms.configs import RLAlgorithmConfig
 from lerobot_policy_pi_rl.configuration_pi_rl import FlowNoiseConfig, FlowSDEConfig
 from lerobot_policy_pi_rl.modeling_pi_rl import PiRLPolicy
@@ -364,3 +364,28 @@ def test_pi_rl_improves_a_mediocre_sft_policy(variant):
     assert before < -0.12, f"SFT policy should be mediocre, got {before:.4f}"
     assert after > -0.03, f"PI-RL should reach near the optimum 0, got {after:.4f} (from {before:.4f})"
     assert after - before > 0.1
+
+
+@pytest.mark.parametrize("variant", [FlowSDEConfig(), FlowNoiseConfig()], ids=["flow_sde", "flow_noise"])
+def test_grpo_improves_a_mediocre_sft_policy(variant):
+    """Critic-free GRPO on the bandit: groups of 8 decisions from the same observation, success = reward above
+    -0.1. Measured by hand (seeds 0 and 1, both variants): SFT reward -0.18 to -0.21 with 4-8 % success; after
+    30 updates -0.011 to -0.026 with 96-100 % success. The assertions leave a wide margin."""
+    torch.manual_seed(0)
+    cfg = bandit_config(variant)
+    policy = PiRLPolicy(cfg)
+    pretrain_mediocre(policy, bias=0.4, spread=0.3, steps=600, seed=0)
+    before = expected_reward(policy)
+    algo = PiRLAlgorithm(policy, PiRLAlgorithmConfig(policy_config=cfg, actor_lr=3e-4,
+                                                     advantage=GRPOConfig(group_size=8)))
+    gen = torch.Generator().manual_seed(1)
+    success = []
+    for _ in range(30):
+        rollout = collect_group_rollout(policy, groups=32, group_size=8, version=algo.policy_version,
+                                        generator=gen, success_above=-0.1)
+        success.append(float(rollout.success.float().mean()))
+        assert algo.update_rollout(rollout).steps_taken > 0
+    after = expected_reward(policy)
+    assert before < -0.12, f"SFT policy should be mediocre, got {before:.4f}"
+    assert after > -0.06 and after - before > 0.1, f"GRPO should approach the optimum 0: {before:.4f} -> {after:.4f}"
+    assert success[0] < 0.3 and min(success[-5:]) > 0.8, success

@@ -167,3 +167,44 @@ def test_episode_limit_falls_back_to_the_env_config():
     assert env_streams.episode_limit(env, SimpleNamespace(episode_length=7)) == 7
     assert env_streams.episode_limit(SimpleNamespace(_max_episode_steps=11), SimpleNamespace(episode_length=7)) == 11
     assert env_streams.episode_limit(env, SimpleNamespace()) is None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# GRPO groups: envs that start their e-th episodes from the same state
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _pickcube_streams(n: int):
+    env_cfg = PickCubeStateEnvConfig(episode_length=5)
+    features = dict(env_cfg.features)
+    policy_cfg = PiRLConfig(
+        device="cpu",
+        input_features={env_cfg.features_map[k]: ft for k, ft in features.items() if ft.type is not FeatureType.ACTION},
+        output_features={"action": features["action"]},
+    )
+    return env_streams.make_env_streams(SimpleNamespace(env=env_cfg, policy=policy_cfg), n, seed=0)
+
+
+def test_grpo_groups_start_each_episode_from_the_same_state():
+    streams = _pickcube_streams(4)
+    try:
+        env_streams.assign_groups(streams, 2)
+        for _episode in range(2):
+            cubes = [s.reset()["observation.environment_state"] for s in streams]
+            assert torch.equal(torch.as_tensor(cubes[0]), torch.as_tensor(cubes[1]))
+            assert torch.equal(torch.as_tensor(cubes[2]), torch.as_tensor(cubes[3]))
+            assert not torch.equal(torch.as_tensor(cubes[0]), torch.as_tensor(cubes[2]))
+        assert [s.episode_index for s in streams] == [1, 1, 1, 1]
+    finally:
+        for s in streams:
+            s.close()
+
+
+def test_grpo_groups_refuse_uneven_env_counts_and_mixed_tasks():
+    streams = [env_streams.GymStream(SimpleNamespace(action_space=None), f"task {i // 2}", i) for i in range(4)]
+    with pytest.raises(ValueError, match="n_envs=4 is not a multiple of algorithm.advantage.group_size=3"):
+        env_streams.assign_groups(streams, 3)
+    with pytest.raises(ValueError, match=r"would mix tasks \['task 0', 'task 1'\]"):
+        env_streams.assign_groups([streams[1], streams[2]], 2)
+    with pytest.raises(ValueError, match="reset to a chosen initial state"):
+        env_streams.assign_groups([SimpleNamespace(task_name="x")] * 2, 2)

@@ -449,3 +449,19 @@ def test_normalize_advantages():
     torch.testing.assert_close(out, T([-1.0, 0.0, 1.0, 98.0]))
     out = normalize_advantages(adv, mask=B(1, 1, 1, 0))
     torch.testing.assert_close(out, (adv - 2.0) / (1.0 + 1e-5))
+
+
+def test_complete_groups_needs_every_episode_of_a_group_to_have_ended():
+    from lerobot_policy_pi_rl.rl.grpo import complete_groups
+
+    T = torch.tensor
+    group_ids = T([5, 5, 5, 7, 7, 9, -1, 5])
+    ends = T([False, True, False, True, False, True, True, True])
+    # group 5: two episode ends (rows 1 and 7) -> complete at size 2; group 7 has one; 9 one; -1 never.
+    assert complete_groups(group_ids=group_ids, episode_ends=ends, group_size=2).tolist() == [
+        True, True, True, False, False, False, False, True]
+    assert complete_groups(group_ids=group_ids, episode_ends=ends, group_size=1).tolist() == [
+        True, True, True, True, True, True, False, True]
+    assert not complete_groups(group_ids=group_ids, episode_ends=ends, group_size=3).any()
+    with pytest.raises(ValueError, match="group_size=0"):
+        complete_groups(group_ids=group_ids, episode_ends=ends, group_size=0)

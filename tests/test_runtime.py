@@ -6,6 +6,7 @@ as threads of the test process) on the state-only PickCube env with a tiny flow_
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -507,3 +508,48 @@ def test_launcher_exit_code_after_the_learner_finished(monkeypatch, actor_kw, ex
     learner = _FakeChild(1, code=0, exit_after=0)
     actors = [_FakeChild(2, code=0, exit_after=0), _FakeChild(3, **actor_kw)]
     assert train._supervise(learner, actors, {"signal": None}) == expected
+
+
+def test_grpo_end_to_end_groups_envs_and_scores_whole_groups(tmp_path):
+    """`--algorithm.advantage.type=grpo` through the real actor and learner (threads, free port): env pairs reset
+    to the same state, rows carry group ids, and every rollout holds whole groups of `group_size` episodes whose
+    episodes start from the same observation."""
+    from lerobot_policy_pi_rl.runtime.actor import build_actor
+    from lerobot_policy_pi_rl.runtime.cli import load_config
+    from lerobot_policy_pi_rl.runtime.learner import build_learner
+
+    out = tmp_path / "run"
+    args = tiny_args(free_port(), out, num_updates=2, checkpoint_every_updates=0, n_envs=4, **{
+        "algorithm.advantage.type": "grpo", "algorithm.advantage.group_size": 2,
+        "algorithm.advantage.drop_uniform_groups": "false", "env.episode_length": 8})
+    learner = build_learner(load_config(args), shutdown_event=threading.Event())
+    rollouts = []
+    update = learner.algorithm.update_rollout
+    learner.algorithm.update_rollout = lambda rollout: rollouts.append(rollout) or update(rollout)
+    codes: dict[str, int] = {}
+    learner_thread = threading.Thread(target=lambda: codes.update(learner=learner.run()), daemon=True)
+    learner_thread.start()
+    actor = build_actor(load_config(args), shutdown_event=threading.Event())
+    actor_thread = threading.Thread(target=lambda: codes.update(actor=actor.run()), daemon=True)
+    actor_thread.start()
+    try:
+        learner_thread.join(timeout=240)
+        actor_thread.join(timeout=60)
+    finally:
+        learner.close()
+        actor.close()
+    assert codes == {"learner": 0, "actor": 0}
+    assert len(rollouts) == 2
+    for rollout in rollouts:
+        assert len(rollout) >= 16 and bool((rollout.group_id >= 0).all())
+        groups = rollout.group_id.unique()
+        for gid in groups.tolist():
+            rows = torch.nonzero(rollout.group_id == gid).flatten()
+            assert int(rollout.done[rows].sum()) == 2, f"group {gid} is not two whole episodes"
+            # The two episodes of a group: different envs, the same first observation.
+            first = [int(rows[rollout.stream_id[rows] == s][0]) for s in rollout.stream_id[rows].unique().tolist()]
+            assert len(first) == 2
+            obs = rollout.observations["observation.environment_state"]
+            assert torch.equal(obs[first[0]], obs[first[1]])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in rows] == [1, 2] and all(r["rollout/dropped_ungrouped"] == 0 for r in rows)

@@ -33,6 +33,11 @@ class AdvantageConfig(draccus.ChoiceRegistry, abc.ABC):
     def uses_critic(self) -> bool:
         return True
 
+    # Episodes that must start from the same initial state and be scored together (1: no grouping).
+    @property
+    def episodes_per_group(self) -> int:
+        return 1
+
 
 #: Values of `PiRLAlgorithmConfig.grad_clip_scope`.
 GRAD_CLIP_SCOPES = ("per_group", "global")
@@ -60,7 +65,8 @@ class GAEConfig(AdvantageConfig):
 class GRPOConfig(AdvantageConfig):
     """Critic-free: episode success normalized within groups of episodes that start from the same state."""
 
-    # Episodes per group (same initial state: the same reset seed on the same env).
+    # Episodes per group. The actor runs a group on `group_size` of its envs reset with the same seed (the same
+    # initial state), so each actor's `n_envs` (per task, for multi-task suites) must be a multiple of it.
     group_size: int = 8
     # Drop groups whose episodes are all successes or all failures (they carry zero advantage).
     drop_uniform_groups: bool = True
@@ -68,6 +74,10 @@ class GRPOConfig(AdvantageConfig):
     @property
     def uses_critic(self) -> bool:
         return False
+
+    @property
+    def episodes_per_group(self) -> int:
+        return self.group_size
 
     def __post_init__(self) -> None:
         require(self.group_size >= 2, f"algorithm.advantage.group_size={self.group_size} must be >= 2")

@@ -86,3 +86,26 @@ def normalize_advantages(adv: Tensor, mask: Tensor | None = None, eps: float = 1
     mean = kept.mean()
     std = kept.std() if kept.numel() > 1 else torch.zeros((), device=adv.device)
     return (adv - mean) / (std + eps)
+
+
+@torch.no_grad()
+def complete_groups(*, group_ids: Tensor, episode_ends: Tensor, group_size: int) -> Tensor:
+    """Rows `[N]` bool whose group is complete: `group_size` of its episodes have ended within these rows.
+
+    An episode ends at its one `done` row, and every episode of a group comes from a different env, so a group
+    is complete when it holds `group_size` done rows. Rows with group id -1 (not grouped) are never complete.
+    Rows of incomplete groups wait for the rest of their group (GRPO scores whole groups only).
+    """
+    if group_size < 1:
+        raise ValueError(f"group_size={group_size} must be >= 1")
+    if group_ids.shape != episode_ends.shape or group_ids.dim() != 1:
+        raise ValueError(
+            f"group_ids {tuple(group_ids.shape)} and episode_ends {tuple(episode_ends.shape)} must be the same [N]"
+        )
+    grouped = group_ids >= 0
+    if not bool(grouped.any()):
+        return grouped
+    labels, inverse = torch.unique(group_ids, return_inverse=True)
+    ends = torch.zeros(len(labels), dtype=torch.long, device=group_ids.device)
+    ends.index_add_(0, inverse, (episode_ends & grouped).long())
+    return grouped & (ends[inverse] >= group_size)

@@ -32,8 +32,8 @@ from lerobot.utils.process import ProcessSignalHandler
 from lerobot.utils.random_utils import set_seed
 
 from .config import PiRLTrainRLServerPipelineConfig, apply_torch_threads, policy_dataset_stats
-from .env_streams import StepResult, make_env_streams
-from .schema import STREAM_STRIDE, ChunkOrigin, ChunkOutcome, chunk_transition
+from .env_streams import StepResult, assign_groups, make_env_streams
+from .schema import GROUP_EPISODE_BITS, STREAM_STRIDE, ChunkOrigin, ChunkOutcome, chunk_transition
 from .transport import LEARNER_SESSION_KEY, TRAINING_DONE_KEY, new_client, wait_for_learner
 
 logger = logging.getLogger("lerobot_policy_pi_rl.actor")
@@ -82,6 +82,10 @@ class PiRLActor:
         self.env_steps = 0
         self.episodes = 0
         self.stream_ids = [cfg.actor_index * STREAM_STRIDE + i for i in range(len(streams))]
+        # GRPO: groups of envs that reset to the same state; a group's e-th episodes form one scored group.
+        self.group_size = cfg.algorithm.advantage.episodes_per_group
+        if self.group_size > 1:
+            assign_groups(streams, self.group_size)
         self.chunk_index = [0] * len(streams)
         self.episode = [EpisodeStats() for _ in streams]
 
@@ -179,12 +183,20 @@ class PiRLActor:
                     row=i,
                     outcome=out,
                     origin=ChunkOrigin(self.algorithm.policy_version, self.session, self.stream_ids[i],
-                                       self.chunk_index[i]),
+                                       self.chunk_index[i], self.group_id(i)),
                 )
             )
             self.chunk_index[i] += 1
         push_transitions_to_transport_queue(transitions, self.workers.transitions)
         self.chunks_sent += len(transitions)
+
+    def group_id(self, i: int) -> int:
+        """GRPO group of env i's current episode (-1 when not grouping): its group's first stream id and the
+        episode index, so every actor and env group labels its episodes apart."""
+        if self.group_size == 1:
+            return -1
+        leader = self.stream_ids[i - i % self.group_size]
+        return (leader << GROUP_EPISODE_BITS) | self.streams[i].episode_index
 
     def preprocess_one(self, i: int, observation: dict) -> dict[str, torch.Tensor]:
         processed = self.preprocessor({**observation, "task": self.streams[i].task})
@@ -214,6 +226,7 @@ class PiRLActor:
             "Intervention rate": ep.intervention_steps / max(ep.length, 1),
             "Policy version": self.algorithm.policy_version,
             "Stream id": self.stream_ids[i],
+            "Task": self.streams[i].task_name,
         }
         self.workers.interactions.put(python_object_to_bytes(message))
         self.episode[i] = EpisodeStats()

@@ -76,7 +76,14 @@ class GymStream:
     def observe(self, raw: dict) -> dict[str, Any]:
         return _to_tensors(raw)
 
+    @property
+    def episode_index(self) -> int:
+        """Index of the current episode (0 for the first), i.e. of the last reset."""
+        return self._episode - 1
+
     def reset(self) -> dict[str, Any]:
+        # Episode e of a stream starts from reset seed `seed + 100_003 * e`: streams sharing a seed (a GRPO group)
+        # start their e-th episodes from the same state.
         raw, _ = self.env.reset(seed=self.seed + 100_003 * self._episode)
         self._episode += 1
         self._steps = 0
@@ -151,6 +158,7 @@ class ManipulatorStream:
         self.env_processor, self.action_processor = make_processors(self.env, teleop, env_cfg, device)
         self.input_keys = set(input_keys)
         self.task = env_cfg.task or ""
+        self.task_name = self.task
         self._transition = None
         space = getattr(self.env, "action_space", None)
         low, high = getattr(space, "low", None), getattr(space, "high", None)
@@ -213,6 +221,34 @@ class ManipulatorStream:
 
     def close(self) -> None:
         self.env.close()
+
+
+def assign_groups(streams: list, group_size: int) -> None:
+    """Group consecutive streams `group_size` at a time for GRPO.
+
+    The streams of a group share their first stream's reset seed, so their e-th episodes start from the same
+    state. They must all run the same task, and they must be resettable to a chosen state (sims, not robots).
+    """
+    if group_size < 1 or len(streams) % group_size:
+        raise ValueError(
+            f"GRPO groups of {group_size} episodes run on {group_size} envs each: n_envs={len(streams)} is not a "
+            f"multiple of algorithm.advantage.group_size={group_size}"
+        )
+    for start in range(0, len(streams), group_size):
+        members = streams[start : start + group_size]
+        if not all(isinstance(s, GymStream) for s in members):
+            raise ValueError(
+                f"GRPO needs envs that reset to a chosen initial state; {type(members[0]).__name__} cannot "
+                "(use algorithm.advantage.type=gae on robots)"
+            )
+        tasks = sorted({s.task_name for s in members})
+        if len(tasks) > 1:
+            raise ValueError(
+                f"a GRPO group of {group_size} envs would mix tasks {tasks}: make n_envs per task a multiple of "
+                f"algorithm.advantage.group_size={group_size}"
+            )
+        for s in members:
+            s.seed = members[0].seed
 
 
 def make_env_streams(cfg, n_envs: int, seed: int) -> list:

@@ -33,11 +33,13 @@ from lerobot.utils.random_utils import set_seed
 from lerobot.utils.transition import Transition
 
 from ..rl.algorithm import PiRLAlgorithm, UpdateResult
+from ..rl.grpo import complete_groups
 from . import checkpoint
 from .config import PiRLTrainRLServerPipelineConfig, apply_torch_threads, policy_dataset_stats
 from .console import setup_logging
 from .metrics import Counters, DropCounts, EpisodeWindow, MetricsFile, console_line, update_log
 from .schema import (
+    GROUP_ID,
     NUM_EXECUTED,
     POLICY_VERSION,
     ForeignTransitionLog,
@@ -101,6 +103,9 @@ class PiRLLearner:
         self.started = time.perf_counter()
         self.metrics = MetricsFile(Path(cfg.output_dir) / "metrics.jsonl")
         self.skipped_in_a_row = 0
+        # GRPO scores whole groups of `group_size` episodes (1: no grouping); groups that lost rows are dropped.
+        self.group_size = cfg.algorithm.advantage.episodes_per_group
+        self.broken_groups: set[int] = set()
         self.checkpointed_update: int | None = None
 
     # ------------------------------------------------------------------------------------------------------
@@ -141,10 +146,14 @@ class PiRLLearner:
         self.transport.parameters_queue.put(state_to_bytes(weights))
 
     def collect_rollout_rows(self) -> list[Transition] | None:
-        """Drain actor messages until `rollout_chunks` fresh rows are pending; None on shutdown."""
+        """Drain actor messages until `rollout_chunks` fresh, usable rows are pending; None on shutdown.
+
+        Usable: any fresh row for GAE; for GRPO only rows of complete groups (the rollout then takes every
+        complete group, so it may exceed `rollout_chunks`; rows of unfinished groups wait for the next update).
+        """
         need = self.cfg.algorithm.rollout_chunks
         self.pending = self.keep_fresh(self.pending)  # the last update moved the version: some rows aged out
-        while len(self.pending) < need:
+        while len(self.usable(self.pending)) < need:
             if self.shutdown_event.is_set():
                 return None
             self.drain_interactions()
@@ -153,9 +162,23 @@ class PiRLLearner:
             except Empty:
                 continue
             self.pending.extend(self.keep_fresh(self.accept(bytes_to_transitions(message))))
-        rows, self.pending = self.pending[:need], self.pending[need:]
+        usable = self.usable(self.pending)
+        if self.group_size == 1:
+            rows, self.pending = self.pending[:need], self.pending[need:]
+        else:
+            taken = {id(tr) for tr in usable}
+            rows, self.pending = usable, [tr for tr in self.pending if id(tr) not in taken]
         self.drain_interactions()
         return rows
+
+    def usable(self, rows: list[Transition]) -> list[Transition]:
+        """Rows an update may use now: all of them for GAE; for GRPO the rows of complete groups."""
+        if self.group_size == 1 or not rows:
+            return rows
+        group_ids = torch.tensor([int(tr["complementary_info"][GROUP_ID.key]) for tr in rows])
+        episode_ends = torch.tensor([bool(tr["done"]) for tr in rows])
+        complete = complete_groups(group_ids=group_ids, episode_ends=episode_ends, group_size=self.group_size)
+        return [tr for tr, ok in zip(rows, complete.tolist(), strict=True) if ok]
 
     def accept(self, transitions: list[Transition]) -> list[Transition]:
         """The arrival check of one actor message: foreign senders are logged once and rejected; rows of another
@@ -171,13 +194,24 @@ class PiRLLearner:
         return kept
 
     def keep_fresh(self, rows: list[Transition]) -> list[Transition]:
-        """Rows the algorithm's staleness rule keeps (the others are dropped and counted)."""
+        """Rows the algorithm's staleness rule keeps (the others are dropped and counted). For GRPO, a group
+        that lost a row can never be scored: its other rows go too, now and when they arrive later."""
         if not rows:
             return rows
         versions = torch.tensor([int(tr["complementary_info"][POLICY_VERSION.key]) for tr in rows])
         fresh = [tr for tr, ok in zip(rows, self.algorithm.fresh(versions).tolist(), strict=True) if ok]
         self.drops.stale += len(rows) - len(fresh)
-        return fresh
+        if self.group_size == 1:
+            return fresh
+        kept_ids = {id(tr) for tr in fresh}
+        self.broken_groups.update(self.group_of(tr) for tr in rows if id(tr) not in kept_ids)
+        grouped = [tr for tr in fresh if self.group_of(tr) >= 0 and self.group_of(tr) not in self.broken_groups]
+        self.drops.ungrouped += len(fresh) - len(grouped)
+        return grouped
+
+    @staticmethod
+    def group_of(row: Transition) -> int:
+        return int(row["complementary_info"][GROUP_ID.key])
 
     def drain_interactions(self) -> None:
         while True:

@@ -18,29 +18,40 @@ from lerobot.rl.algorithms.configs import TrainingStats
 
 @dataclass
 class EpisodeWindow:
-    """Recent episode summaries from the actors' interaction messages (console and W&B)."""
+    """Recent episode summaries from the actors' interaction messages (console and W&B): over all tasks, and per
+    task (`Task` in the message) when episodes come from more than one task."""
 
     returns: deque = field(default_factory=lambda: deque(maxlen=100))
     successes: deque = field(default_factory=lambda: deque(maxlen=100))
     lengths: deque = field(default_factory=lambda: deque(maxlen=100))
     interventions: deque = field(default_factory=lambda: deque(maxlen=100))
+    #: Task label -> its own window (multi-task suites).
+    per_task: dict[str, EpisodeWindow] = field(default_factory=dict)
 
     def add(self, message: dict) -> None:
         self.returns.append(float(message.get("Episodic reward", 0.0)))
         self.successes.append(float(message.get("Success", 0.0)))
         self.lengths.append(float(message.get("Episode length", 0.0)))
         self.interventions.append(float(message.get("Intervention rate", 0.0)))
+        task = message.get("Task")
+        if isinstance(task, str) and task:
+            self.per_task.setdefault(task, EpisodeWindow()).add({k: v for k, v in message.items() if k != "Task"})
 
     def as_log_dict(self) -> dict[str, float]:
         def mean(d: deque) -> float:
             return sum(d) / len(d) if d else float("nan")
 
-        return {
+        log = {
             "rollout/episode_return": mean(self.returns),
             "rollout/success_rate": mean(self.successes),
             "rollout/episode_length": mean(self.lengths),
             "rollout/intervention_rate": mean(self.interventions),
         }
+        if len(self.per_task) > 1:
+            for task, window in sorted(self.per_task.items()):
+                log[f"rollout/success_rate/{task}"] = mean(window.successes)
+                log[f"rollout/episode_return/{task}"] = mean(window.returns)
+        return log
 
 
 @dataclass
@@ -61,6 +72,8 @@ class DropCounts:
     stale: int = 0
     foreign_session: int = 0
     rejected: int = 0
+    #: GRPO: rows without a group id, or of a group that lost rows (it can never be scored).
+    ungrouped: int = 0
     #: Non-finite rows by the first offending part (`reward`, a field key, `state.<key>`, `next_state.<key>`).
     by_field: Counter = field(default_factory=Counter)
 
@@ -70,6 +83,7 @@ class DropCounts:
             "rollout/dropped_stale": float(self.stale),
             "rollout/dropped_foreign_session": float(self.foreign_session),
             "rollout/rejected_not_pi_rl": float(self.rejected),
+            "rollout/dropped_ungrouped": float(self.ungrouped),
         }
 
 

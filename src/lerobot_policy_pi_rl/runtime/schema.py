@@ -104,7 +104,8 @@ CHUNK_INDEX = Field("pi_rl.chunk_index", "chunk_index", ORIGIN, torch.long, (0,)
 SUCCESS = Field("pi_rl.success", "success", OUTCOME, torch.bool, (0,), "[]",
                 "task success reached by the end of this chunk")
 GROUP_ID = Field("pi_rl.group_id", "group_id", ORIGIN, torch.long, (0,), "[]",
-                 "GRPO group (same initial state), -1 when not grouped")
+                 "GRPO group (same initial state): (first stream id of the env group << GROUP_EPISODE_BITS) | "
+                 "episode index; -1 when not grouped")
 NUM_EXECUTED = Field("pi_rl.num_executed", "num_executed", OUTCOME, torch.long, (0,), "[]",
                      "C', actions executed from the chunk", to_rollout=False)
 # LeRobot's own TeleopEvents key, so that its tools read interventions from PI-RL transitions too.
@@ -119,6 +120,8 @@ REQUIRED_KEYS = tuple(f.key for f in FIELDS)
 
 #: stream_id = actor_index * STREAM_STRIDE + env_index (unique per actor x env).
 STREAM_STRIDE = 1 << 16
+#: Low bits of a GRPO group id that hold the episode index (see GROUP_ID).
+GROUP_EPISODE_BITS = 24
 
 
 @dataclass
