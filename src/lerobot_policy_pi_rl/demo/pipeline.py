@@ -15,6 +15,9 @@ as the PI-RL evaluation is done (again after SAC), so a failed or interrupted la
 `python -m lerobot_policy_pi_rl.demo --report_only --run_dir <run_dir>` re-renders the report from the run
 directory, e.g. after `python -m lerobot_policy_pi_rl.baselines.sac --run_dir <run_dir> --demos <run_dir>/demos
 --env_steps N` added a SAC baseline separately.
+
+The console shows each stage's progress (PI-RL: one line per update); `PI_RL_LOG_LEVEL=DEBUG` puts the full
+detail of the RL processes on it too (their log files, `pi_rl/logs/` and `sac/logs/`, always keep it).
 """
 
 from __future__ import annotations

@@ -145,7 +145,7 @@ class PiRLActor:
         self.session = int(weights[LEARNER_SESSION_KEY])
         self.training_done = bool(weights.get(TRAINING_DONE_KEY, False))
         self.weights_applied += 1
-        logger.info("[ACTOR] applied weights version %d%s", self.algorithm.policy_version,
+        logger.debug("[ACTOR] applied weights version %d%s", self.algorithm.policy_version,
                     " (training done)" if self.training_done else "")
 
     def reset_all(self) -> list[dict]:

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 
 from .config import PiRLTrainRLServerPipelineConfig
+from .console import console_level
 
 # Where the loops of every algorithm other than `pi_rl` live: `<package>.<algorithm type>.{learner,actor}`, each
 # with `run(cfg) -> int`. The baselines build on this runtime, so the runtime names them instead of importing
@@ -31,11 +32,12 @@ def register_plugin() -> None:
 
 
 def load_config(argv: list[str] | None = None) -> PiRLTrainRLServerPipelineConfig:
-    """Parse and validate; a bad value exits with status 2 and one line naming the field."""
+    """Parse and validate; a bad value (also of `PI_RL_LOG_LEVEL`) exits with status 2 and one line naming it."""
     from .config import parse_config
 
     register_plugin()
     try:
+        console_level()
         return parse_config(argv)
     except (ValueError, TypeError, FileExistsError) as err:
         logging.getLogger("lerobot_policy_pi_rl").debug("invalid config", exc_info=True)

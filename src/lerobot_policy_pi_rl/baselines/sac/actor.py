@@ -47,6 +47,10 @@ from ...runtime.transport import wait_for_learner
 
 logger = logging.getLogger("lerobot_policy_pi_rl.baselines.sac.actor")
 
+# A SAC run on PickCube ends thousands of episodes: one console line per this many (every one is in metrics.jsonl
+# and, at DEBUG, in the log).
+CONSOLE_EVERY_EPISODES = 10
+
 
 class SACEnvActor:
     def __init__(self, cfg, policy, algorithm, preprocessor, postprocessor, stream, workers: Workers,
@@ -156,9 +160,10 @@ class SACEnvActor:
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        logger.info("[ACTOR] episode %d | env steps %d | return %.2f | success %d | success rate (last %d) %.2f",
-                    self.episodes, self.env_steps, episode["reward"], int(episode["success"]),
-                    len(self.window.successes), record["rollout/success_rate"])
+        level = logging.INFO if self.episodes % CONSOLE_EVERY_EPISODES == 0 else logging.DEBUG
+        logger.log(level, "[ACTOR] episode %d | env steps %d | return %.2f | success %d | success rate (last %d) %.2f",
+                   self.episodes, self.env_steps, episode["reward"], int(episode["success"]),
+                   len(self.window.successes), record["rollout/success_rate"])
 
     def close(self) -> None:
         # Let the last transitions leave before the workers stop.

@@ -9,6 +9,10 @@ def run(cfg) -> int:
     from lerobot.rl.learner import train
     from lerobot.utils.process import ensure_multiprocessing_start_method
 
+    from ...runtime.console import demote_detail
+
+    demote_detail()  # its per-optimization-step line (its progress line comes every `log_freq` steps)
+
     if cfg.policy.concurrency.learner != "threads":  # what LeRobot's `train_cli` does before `train`
         ensure_multiprocessing_start_method(cfg.policy.concurrency.multiprocessing_context)
 
