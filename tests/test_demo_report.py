@@ -177,3 +177,21 @@ def test_sac_runner_appends_its_stages_to_a_demo_run_directory(tmp_path, monkeyp
     assert '"success_rate": 0.02' in capsys.readouterr().out
     text = report.rebuild_report(tmp_path).read_text()
     assert "Variant `flow_sde`" in text and "| sac | 2.0 % [0.6, 7.0]" in text
+
+
+def test_a_bad_log_level_fails_before_the_first_stage(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PI_RL_LOG_LEVEL", "chatty")
+    with pytest.raises(SystemExit):
+        pipeline.parse_args(["--run_dir", str(tmp_path / "run")])
+    assert "PI_RL_LOG_LEVEL='chatty'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("level", "bars_off"), [(None, True), ("INFO", True), ("DEBUG", False)])
+def test_stages_run_without_dataset_progress_bars_below_debug(monkeypatch, level, bars_off):
+    monkeypatch.delenv("HF_DATASETS_DISABLE_PROGRESS_BARS", raising=False)
+    if level is None:
+        monkeypatch.delenv("PI_RL_LOG_LEVEL", raising=False)
+    else:
+        monkeypatch.setenv("PI_RL_LOG_LEVEL", level)
+    assert (stages.stage_env().get("HF_DATASETS_DISABLE_PROGRESS_BARS") == "1") is bars_off

@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..runtime.console import console_level
 from .report import format_success, last_env_steps, read_evals, read_metrics, rebuild_report, write_report
 from .settings import ACTOR_LR, RL_UPDATES, VARIANTS, DemoSettings
 from .stages import console_script, evaluate, run_recording_stage, run_stage
@@ -153,6 +154,10 @@ def parse_args(argv: list[str] | None = None) -> DemoSettings:
     args = p.parse_args(argv)
     if args.rl_updates is not None and args.rl_updates < 1:
         p.error(f"--rl_updates={args.rl_updates} must be >= 1")
+    try:
+        console_level()  # every stage reads it: a bad value fails here, before the first one
+    except ValueError as err:
+        p.error(str(err))
     settings = DemoSettings(**{k: v for k, v in vars(args).items() if k not in ("run_dir", "overwrite")})
     # A fresh directory per run by default, so a second `make demo` never overwrites the first one's report.
     settings.run_dir = args.run_dir or Path("outputs") / f"demo_{args.variant}_{time.strftime('%Y%m%d-%H%M%S')}"

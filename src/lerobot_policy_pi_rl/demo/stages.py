@@ -7,6 +7,7 @@ lives here because every policy (SFT, PI-RL, a baseline) goes through the same p
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import subprocess
@@ -14,18 +15,22 @@ import sys
 import time
 from pathlib import Path
 
+from ..runtime.console import console_level
 from .settings import DemoSettings
 
 STAGES_FILE = "stages.json"
 
 
 def stage_env() -> dict[str, str]:
-    """The environment of every stage: headless MuJoCo, offline hub, unbuffered output."""
+    """The environment of every stage: headless MuJoCo, offline hub, unbuffered output, and below DEBUG no
+    `datasets` progress bar (recording prints one per saved episode, next to its own line per episode)."""
     env = dict(os.environ)
     env.setdefault("MUJOCO_GL", "osmesa")
     env.setdefault("PYOPENGL_PLATFORM", "osmesa")
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if console_level() > logging.DEBUG:
+        env.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
