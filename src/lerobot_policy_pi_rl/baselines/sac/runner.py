@@ -43,7 +43,7 @@ ONLINE_STEP_BEFORE_LEARNING = 100
 
 
 def default_save_freq(env_steps: int) -> int:
-    """About 0.25 optimization steps per env step were measured on a 2-core CPU: ~8 checkpoints per run."""
+    """About 8 checkpoints per run at the stock learner's pace on a 2-core CPU (see docs/measurements.md)."""
     return max(100, env_steps // 30)
 
 
