@@ -145,8 +145,9 @@ class PiRLActor:
         self.session = int(weights[LEARNER_SESSION_KEY])
         self.training_done = bool(weights.get(TRAINING_DONE_KEY, False))
         self.weights_applied += 1
-        logger.debug("[ACTOR] applied weights version %d%s", self.algorithm.policy_version,
-                    " (training done)" if self.training_done else "")
+        # One line per update per actor is detail; the last weights (training done) end the actor's run.
+        logger.log(logging.INFO if self.training_done else logging.DEBUG, "[ACTOR] applied weights version %d%s",
+                   self.algorithm.policy_version, " (training done)" if self.training_done else "")
 
     def reset_all(self) -> list[dict]:
         self.policy.reset()
