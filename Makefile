@@ -14,10 +14,21 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: demo test system-deps venv clean-venv
 
+# FFmpeg's shared libraries: torchcodec (LeRobot's video decoder) loads them in every process; without them each
+# one opens with a long "cannot load libtorchcodec" traceback and LeRobot falls back to pyav. The `ffmpeg` package
+# brings the libraries of the distribution's FFmpeg release (torchcodec supports FFmpeg 4 to 8).
+FFMPEG_LIBS := avutil avcodec avformat avdevice avfilter swscale swresample
+
 system-deps:
 	@if ! ldconfig -p | grep -q libOSMesa; then \
 		echo "[setup] installing libosmesa6 (software OpenGL for MuJoCo)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libosmesa6 >/dev/null; \
+	fi
+	@missing=""; \
+	for lib in $(FFMPEG_LIBS); do ldconfig -p | grep -q "lib$$lib\.so\." || missing="$$missing lib$$lib"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "[setup] installing ffmpeg (FFmpeg libraries for torchcodec; missing:$$missing)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from lerobot_policy_pi_rl import demo
+from lerobot_policy_pi_rl.demo import pipeline, report, stages
+from lerobot_policy_pi_rl.demo.settings import DemoSettings
 
 
 def _eval(rate: float, n: int = 100) -> dict:
@@ -17,7 +19,7 @@ def _eval(rate: float, n: int = 100) -> dict:
 
 
 def test_report_quotes_evaluations_curves_timings_and_commands(tmp_path):
-    settings = demo.DemoSettings(run_dir=tmp_path)
+    settings = DemoSettings(run_dir=tmp_path)
     settings.commands = ["lerobot-train --policy.type=pi_rl", "lerobot-pi-rl-train --num_updates=2"]
     settings.timings = {"SFT (lerobot-train)": 90.0, "PI-RL": 700.0}
     curve = [
@@ -25,8 +27,8 @@ def test_report_quotes_evaluations_curves_timings_and_commands(tmp_path):
         {"update": 2, "wall_time_s": 20.0, "rollout/interaction_steps": 2500, "rollout/success_rate": 0.7},
         {"update": 3, "wall_time_s": 30.0, "rollout/interaction_steps": 4000},  # no finished episode yet: skipped
     ]
-    report = demo.write_report(settings, {"sft": _eval(0.44), "pi_rl": _eval(0.82)}, {"pi_rl": curve}, 975.0)
-    text = report.read_text()
+    path = report.write_report(settings, {"sft": _eval(0.44), "pi_rl": _eval(0.82)}, {"pi_rl": curve}, 975.0)
+    text = path.read_text()
     assert "| sft | 44.0 % [34.7, 53.8]" in text
     assert "| pi_rl | 82.0 % [73.3, 88.3]" in text and "| 4000 |" in text
     assert "lerobot-pi-rl-train --num_updates=2" in text and "total: 975 s" in text
@@ -39,13 +41,13 @@ def test_report_quotes_evaluations_curves_timings_and_commands(tmp_path):
 def test_existing_run_dir_is_never_overwritten_without_asking(tmp_path):
     (tmp_path / "keep.txt").write_text("earlier results")
     with pytest.raises(SystemExit, match="already exists"):
-        demo.parse_args(["--run_dir", str(tmp_path)])
+        pipeline.parse_args(["--run_dir", str(tmp_path)])
     assert (tmp_path / "keep.txt").read_text() == "earlier results"
 
 
 def test_variant_choice_is_validated():
     with pytest.raises(SystemExit):
-        demo.parse_args(["--variant", "flow_sdee"])
+        pipeline.parse_args(["--variant", "flow_sdee"])
 
 
 def test_stages_are_recorded_as_they_run_and_the_report_rebuilds_with_a_later_sac_run(tmp_path):
@@ -53,11 +55,11 @@ def test_stages_are_recorded_as_they_run_and_the_report_rebuilds_with_a_later_sa
     from the run directory, folding in a SAC baseline added afterwards (with fewer env steps: said so)."""
     import sys
 
-    settings = demo.DemoSettings(run_dir=tmp_path, variant="flow_noise")
-    demo.run_stage(settings, "ok stage", [sys.executable, "-c", "pass"])
+    settings = DemoSettings(run_dir=tmp_path, variant="flow_noise")
+    stages.run_stage(settings, "ok stage", [sys.executable, "-c", "pass"])
     with pytest.raises(SystemExit, match="failed with exit code 3"):
-        demo.run_stage(settings, "bad stage", [sys.executable, "-c", "raise SystemExit(3)"])
-    recorded = demo.load_stages(tmp_path)
+        stages.run_stage(settings, "bad stage", [sys.executable, "-c", "raise SystemExit(3)"])
+    recorded = stages.load_stages(tmp_path)
     assert recorded.variant == "flow_noise" and list(recorded.timings) == ["ok stage", "bad stage"]
     assert recorded.commands[1].endswith("'raise SystemExit(3)'")
 
@@ -67,7 +69,7 @@ def test_stages_are_recorded_as_they_run_and_the_report_rebuilds_with_a_later_sa
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.jsonl").write_text(json.dumps({**row, "rollout/interaction_steps": steps}) + "\n")
     (tmp_path / "eval_sft.json").write_text(json.dumps(_eval(0.44)))
-    text = demo.rebuild_report(tmp_path).read_text()
+    text = report.rebuild_report(tmp_path).read_text()
     assert "Variant `flow_noise`" in text
     assert "| pi_rl | 88.0 % [80.2, 93.0]" in text and "| sac | 2.0 % [0.6, 7.0]" in text and "| 1200 |" in text
     assert "SAC ran 1200 env steps, fewer than PI-RL's 3000" in text
@@ -75,7 +77,7 @@ def test_stages_are_recorded_as_they_run_and_the_report_rebuilds_with_a_later_sa
 
 def test_report_only_needs_a_run_directory_with_stages(tmp_path):
     with pytest.raises(SystemExit, match="stages.json not found"):
-        demo.main(["--report_only", "--run_dir", str(tmp_path)])
+        pipeline.main(["--report_only", "--run_dir", str(tmp_path)])
 
 
 @pytest.mark.parametrize(
@@ -88,9 +90,9 @@ def test_report_only_needs_a_run_directory_with_stages(tmp_path):
 )
 def test_rl_stage_uses_the_variant_defaults_unless_overridden(tmp_path, monkeypatch, argv, updates, actor_lr):
     commands = []
-    monkeypatch.setattr(demo, "run_stage", lambda settings, name, argv: commands.append(argv))
-    settings = demo.parse_args([*argv, "--run_dir", str(tmp_path / "run")])
-    demo.pi_rl(settings, tmp_path / "sft")
+    monkeypatch.setattr(pipeline, "run_stage", lambda settings, name, argv: commands.append(argv))
+    settings = pipeline.parse_args([*argv, "--run_dir", str(tmp_path / "run")])
+    pipeline.pi_rl(settings, tmp_path / "sft")
     (argv_rl,) = commands
     assert f"--num_updates={updates}" in argv_rl
     assert f"--algorithm.actor_lr={actor_lr}" in argv_rl
@@ -98,5 +100,98 @@ def test_rl_stage_uses_the_variant_defaults_unless_overridden(tmp_path, monkeypa
 
 def test_rl_updates_must_be_positive(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        demo.parse_args(["--rl_updates", "0", "--run_dir", str(tmp_path / "run")])
+        pipeline.parse_args(["--rl_updates", "0", "--run_dir", str(tmp_path / "run")])
     assert "--rl_updates=0" in capsys.readouterr().err
+
+
+def test_a_stage_that_records_its_own_stages_leaves_its_commands_in_the_record(tmp_path):
+    """A baseline's runner given the run directory records its own stages there; the demo then holds those (the
+    real commands), not its wrapper's, also when the runner fails."""
+    import sys
+
+    settings = DemoSettings(run_dir=tmp_path)
+    stages.run_stage(settings, "first", [sys.executable, "-c", "pass"])
+    # What a runner's own `run_stage` does to the record, without importing the package (fast).
+    nested = ("import json, sys; path = sys.argv[1] + '/stages.json'; record = json.load(open(path)); "
+              "record['commands'].append('inner-command'); record['timings_s'][sys.argv[2]] = 0.1; "
+              "json.dump(record, open(path, 'w'))")
+    stages.run_recording_stage(settings, "wrapper", [sys.executable, "-c", nested, str(tmp_path), "inner"])
+    assert list(settings.timings) == ["first", "inner"] and settings.commands[-1] == "inner-command"
+    with pytest.raises(SystemExit, match="stage 'wrapper' failed with exit code 4"):
+        stages.run_recording_stage(settings, "wrapper",
+                                   [sys.executable, "-c", nested + "; raise SystemExit(4)", str(tmp_path), "again"])
+    assert list(settings.timings) == ["first", "inner", "again"]
+    assert stages.load_stages(tmp_path).commands == settings.commands and len(settings.commands) == 3
+
+
+def test_sac_stage_runs_the_baseline_runner_on_the_run_directory(tmp_path, monkeypatch):
+    import importlib.util
+
+    calls = []
+    monkeypatch.setattr(pipeline, "run_recording_stage", lambda settings, name, argv: calls.append(argv))
+    settings = DemoSettings(run_dir=tmp_path)
+    pipeline.sac_baseline(settings, tmp_path / "demos", env_steps=1234)
+    (argv,) = calls
+    assert argv[1] == "-m" and importlib.util.find_spec(f"{argv[2]}.__main__") is not None
+    assert argv[3:] == ["--run_dir", str(tmp_path), "--demos", str(tmp_path / "demos"), "--env_steps", "1234"]
+
+
+def test_sac_runner_appends_its_stages_to_a_demo_run_directory(tmp_path, monkeypatch, capsys):
+    """`python -m lerobot_policy_pi_rl.baselines.sac --run_dir <demo run>`: the demo's protocol, its stages added to
+    the run's record, SAC in the rebuilt report. (The SAC run itself is a one-line stand-in here; the real one runs
+    in tests/test_sac_unchanged.py.)"""
+    import sys
+
+    from lerobot_policy_pi_rl.baselines.sac import runner
+
+    settings = DemoSettings(run_dir=tmp_path, variant="flow_sde", eval_episodes=100, eval_workers=1)
+    stages.run_stage(settings, "PI-RL", [sys.executable, "-c", "pass"])
+    row = {"update": 1, "wall_time_s": 5.0, "rollout/interaction_steps": 3000, "rollout/success_rate": 0.5}
+    for name, rate in (("sft", 0.44), ("pi_rl", 0.88)):
+        (tmp_path / f"eval_{name}.json").write_text(json.dumps(_eval(rate)))
+    (tmp_path / "pi_rl").mkdir()
+    (tmp_path / "pi_rl" / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+
+    trained = []
+
+    def stand_in_sac_run(*, output_dir, env_steps, **_):
+        trained.append(env_steps)
+        model = Path(output_dir) / "checkpoints" / "last" / "pretrained_model"
+        return [sys.executable, "-c", f"import pathlib; pathlib.Path({str(model)!r}).mkdir(parents=True)"]
+
+    evaluated = []
+
+    def stand_in_evaluate(settings, name, policy_path):
+        evaluated.append((name, settings.eval_workers, settings.eval_episodes))
+        settings.timings[f"evaluate {name}"] = 1.0
+        (tmp_path / f"eval_{name}.json").write_text(json.dumps(_eval(0.02)))
+        (tmp_path / "sac" / "metrics.jsonl").write_text(json.dumps({**row, "rollout/interaction_steps": 1200}) + "\n")
+        return _eval(0.02)
+
+    monkeypatch.setattr(runner, "sac_train_argv", stand_in_sac_run)
+    monkeypatch.setattr(runner, "evaluate", stand_in_evaluate)
+    assert runner.main(["--run_dir", str(tmp_path), "--demos", str(tmp_path / "demos"), "--env_steps", "3000"]) == 0
+    assert trained == [3000] and evaluated == [("sac", 1, 100)]
+    recorded = stages.load_stages(tmp_path)
+    assert list(recorded.timings)[0] == "PI-RL" and any("SAC baseline" in name for name in recorded.timings)
+    assert '"success_rate": 0.02' in capsys.readouterr().out
+    text = report.rebuild_report(tmp_path).read_text()
+    assert "Variant `flow_sde`" in text and "| sac | 2.0 % [0.6, 7.0]" in text
+
+
+def test_a_bad_log_level_fails_before_the_first_stage(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PI_RL_LOG_LEVEL", "chatty")
+    with pytest.raises(SystemExit):
+        pipeline.parse_args(["--run_dir", str(tmp_path / "run")])
+    assert "PI_RL_LOG_LEVEL='chatty'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("level", "bars_off"), [(None, True), ("INFO", True), ("DEBUG", False)])
+def test_stages_run_without_dataset_progress_bars_below_debug(monkeypatch, level, bars_off):
+    monkeypatch.delenv("HF_DATASETS_DISABLE_PROGRESS_BARS", raising=False)
+    if level is None:
+        monkeypatch.delenv("PI_RL_LOG_LEVEL", raising=False)
+    else:
+        monkeypatch.setenv("PI_RL_LOG_LEVEL", level)
+    assert (stages.stage_env().get("HF_DATASETS_DISABLE_PROGRESS_BARS") == "1") is bars_off

@@ -241,7 +241,9 @@ def test_actor_streams_chunk_transitions_and_applies_versioned_weights(tmp_path)
     algorithm = PiRLAlgorithm(policy, cfg.algorithm)
     stop = threading.Event()
     transport = build_transport(cfg, stop)
-    actor = subprocess.Popen([sys.executable, "-m", "lerobot_policy_pi_rl.runtime.actor", *args], env=ENV,
+    # Each weight version the actor applies is logged at DEBUG.
+    actor = subprocess.Popen([sys.executable, "-m", "lerobot_policy_pi_rl.runtime.actor", *args],
+                             env={**ENV, "PI_RL_LOG_LEVEL": "DEBUG"},
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         def publish(version: int) -> None:

@@ -3,8 +3,9 @@
 Three runs, each a learner + an actor over gRPC on 127.0.0.1 (free port), a few optimization steps, a checkpoint:
   * LeRobot's own `python -m lerobot.rl.learner` / `python -m lerobot.rl.actor` (plugin loaded through
     `--policy.discover_packages_path`), gym_hil PandaPickCube through `gym_manipulator` (two 128x128 cameras,
-    about 0.3-2 s per step here: 30 env steps). LeRobot 0.6.1 bugs (docs/recipes.md, "LeRobot behaviours this
-    package works around") are worked around with config only, never patched: a local demo dataset (TrainPipelineConfig.validate dereferences `dataset.repo_id`),
+    about 0.3-2 s per step here: 30 env steps). LeRobot 0.6.1's config bugs (docs/recipes.md, "LeRobot behaviours
+    this package works around") are worked around with config only, never patched: a local demo dataset
+    (TrainPipelineConfig.validate dereferences `dataset.repo_id`),
     separate actor/learner output dirs (FileExistsError), `env.processor.reset` given to the actor only (the
     learner's `cfg.to_dict()` cannot encode it; the actor needs it to end 10-step episodes, since it only sends
     transitions at episode ends). The stock learner never stops: it gets SIGTERM once the actor is done.
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from lerobot_policy_pi_rl.sac_baseline import free_port, sac_train_argv
+from lerobot_policy_pi_rl.baselines.sac.runner import free_port, sac_train_argv
 
 pytestmark = [pytest.mark.slow]
 
@@ -229,7 +230,7 @@ def test_sac_actor_refuses_non_finite_actions(bad):
 
     import torch
 
-    from lerobot_policy_pi_rl.runtime.sac_actor import SACEnvActor
+    from lerobot_policy_pi_rl.baselines.sac.actor import SACEnvActor
 
     def actor_returning(action):
         actor = SACEnvActor.__new__(SACEnvActor)

@@ -135,8 +135,9 @@ class PiRLActor:
         self.session = int(weights[LEARNER_SESSION_KEY])
         self.training_done = bool(weights.get(TRAINING_DONE_KEY, False))
         self.weights_applied += 1
-        logger.info("[ACTOR] applied weights version %d%s", self.algorithm.policy_version,
-                    " (training done)" if self.training_done else "")
+        # One line per update per actor is detail; the last weights (training done) end the actor's run.
+        logger.log(logging.INFO if self.training_done else logging.DEBUG, "[ACTOR] applied weights version %d%s",
+                   self.algorithm.policy_version, " (training done)" if self.training_done else "")
 
     def reset_all(self) -> list[dict]:
         self.policy.reset()
@@ -342,28 +343,10 @@ def run_actor(cfg: PiRLTrainRLServerPipelineConfig) -> int:
     return code
 
 
-def run_stock_sac_actor(cfg) -> int:
-    """`--algorithm.type=sac` with `env.type=gym_manipulator`: LeRobot's own actor, given this package's
-    bug-fixed config. It runs `policy.online_steps` env steps and returns (its workers end when it closes their
-    queues)."""
-    from lerobot.rl.actor import actor_cli
-
-    actor_cli.__wrapped__(cfg)  # unwrapped: the parser would re-parse argv with LeRobot's own config class
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
-    from .cli import load_config
+    from .cli import run_entry_point
 
-    cfg = load_config(argv)
-    if cfg.algorithm.type == "sac":
-        if cfg.env.type == "gym_manipulator":
-            return run_stock_sac_actor(cfg)
-        # LeRobot's SAC actor can only build gym_manipulator envs: same loop over this package's env streams.
-        from .sac_actor import run_sac_actor
-
-        return run_sac_actor(cfg)
-    return run_actor(cfg)
+    return run_entry_point("actor", argv, pi_rl=run_actor)
 
 
 if __name__ == "__main__":

@@ -350,26 +350,10 @@ def run_learner(cfg: PiRLTrainRLServerPipelineConfig) -> int:
     return code
 
 
-def run_stock_sac_learner(cfg) -> int:
-    """`--algorithm.type=sac`: LeRobot's own learner, given this package's bug-fixed config. It never ends on
-    its own: stop it with SIGTERM/SIGINT (`lerobot-pi-rl-train` does once its actors are done)."""
-    from lerobot.rl.learner import train
-    from lerobot.utils.process import ensure_multiprocessing_start_method
-
-    if cfg.policy.concurrency.learner != "threads":  # what LeRobot's `train_cli` does before `train`
-        ensure_multiprocessing_start_method(cfg.policy.concurrency.multiprocessing_context)
-
-    train(cfg, job_name=cfg.job_name)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
-    from .cli import load_config
+    from .cli import run_entry_point
 
-    cfg = load_config(argv)
-    if cfg.algorithm.type == "sac":
-        return run_stock_sac_learner(cfg)
-    return run_learner(cfg)
+    return run_entry_point("learner", argv, pi_rl=run_learner)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import sys
 import time
 
 from .cli import load_config
+from .console import console_level
 from .transport import wait_for_learner
 
 logger = logging.getLogger("lerobot_policy_pi_rl.train")
@@ -45,7 +46,7 @@ def _stop_all(children: list[subprocess.Popen], grace_s: float = GRACE_S) -> Non
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = load_config(argv)  # exits 2 on a bad configuration, before any child starts
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s train: %(message)s", force=True)
+    logging.basicConfig(level=console_level(), format="%(levelname)s %(asctime)s train: %(message)s", force=True)
     argv = [a for a in argv if not a.startswith("--actor_index")]
     stop = {"signal": None}
 

@@ -1,14 +1,15 @@
-"""LeRobot's SAC, acting in any non-`gym_manipulator` env (e.g. the state-only `pi_rl_pickcube`).
+"""`lerobot-pi-rl-actor --algorithm.type=sac`: LeRobot's SAC acting in any env this package's entry points build.
 
     lerobot-pi-rl-actor --policy.type=gaussian_actor --algorithm.type=sac --env.type=pi_rl_pickcube ...
 
-LeRobot's own SAC actor (`lerobot.rl.actor.act_with_policy`) can only build its env with `make_robot_env`
-(gym_manipulator: a real robot or gym_hil with two rendered cameras). This module is the same loop over this
-package's env streams (`env_streams.make_env_streams`), with everything SAC-specific taken from LeRobot
-unchanged: `make_policy` (gaussian_actor), `make_algorithm` (SAC), the policy's processors, the weight loading
+With `env.type=gym_manipulator` this is LeRobot's own actor (`lerobot.rl.actor`), unchanged. LeRobot's actor can
+only build its env with `make_robot_env` (gym_manipulator: a real robot or gym_hil with two rendered cameras), so
+for every other env (e.g. the state-only `pi_rl_pickcube`) `SACEnvActor` runs the same loop over this package's
+env streams (`runtime.env_streams.make_env_streams`), with everything SAC-specific taken from LeRobot unchanged:
+`make_policy` (gaussian_actor), `make_algorithm` (SAC), the policy's processors, the weight loading
 (`update_policy_parameters`, at episode ends as upstream), the transition format (`Transition` with
 `complementary_info = {discrete_penalty, is_intervention}`) and the transport workers. The learner is LeRobot's
-stock SAC learner (`learner.run_stock_sac_learner`).
+stock SAC learner (`baselines.sac.learner`).
 
 The loop, as upstream: wait for the learner's first weights -> for `policy.online_steps` env steps: preprocess
 the observation -> `select_action` -> unnormalize -> step -> buffer the transition; at an episode end: load the
@@ -38,13 +39,17 @@ from lerobot.utils.process import ProcessSignalHandler
 from lerobot.utils.random_utils import set_seed
 from lerobot.utils.transition import Transition
 
-from .actor import Workers, start_workers
-from .env_streams import make_env_streams
-from .console import setup_logging
-from .metrics import EpisodeWindow
-from .transport import wait_for_learner
+from ...runtime.actor import Workers, start_workers
+from ...runtime.console import setup_logging
+from ...runtime.env_streams import make_env_streams
+from ...runtime.metrics import EpisodeWindow
+from ...runtime.transport import wait_for_learner
 
-logger = logging.getLogger("lerobot_policy_pi_rl.sac_actor")
+logger = logging.getLogger("lerobot_policy_pi_rl.baselines.sac.actor")
+
+# A SAC run on PickCube ends thousands of episodes: one console line per this many (every one is in metrics.jsonl
+# and, at DEBUG, in the log).
+CONSOLE_EVERY_EPISODES = 10
 
 
 class SACEnvActor:
@@ -128,7 +133,7 @@ class SACEnvActor:
         action = self.policy.select_action(batch=self.preprocessor.process_observation(dict(observation)))
         action = self.postprocessor.process_action(action).float().cpu()
         if not torch.isfinite(action).all():
-            # What torch.distributions' argument validation (off in this process, see `run_sac_actor`) would
+            # What torch.distributions' argument validation (off in this process, see `run_env_actor`) would
             # have caught one step earlier: never send a NaN action to a robot or store it in the buffer.
             raise ValueError(f"SAC policy produced a non-finite action {action.tolist()} at env step {self.env_steps}")
         return action
@@ -155,9 +160,10 @@ class SACEnvActor:
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        logger.info("[ACTOR] episode %d | env steps %d | return %.2f | success %d | success rate (last %d) %.2f",
-                    self.episodes, self.env_steps, episode["reward"], int(episode["success"]),
-                    len(self.window.successes), record["rollout/success_rate"])
+        level = logging.INFO if self.episodes % CONSOLE_EVERY_EPISODES == 0 else logging.DEBUG
+        logger.log(level, "[ACTOR] episode %d | env steps %d | return %.2f | success %d | success rate (last %d) %.2f",
+                   self.episodes, self.env_steps, episode["reward"], int(episode["success"]),
+                   len(self.window.successes), record["rollout/success_rate"])
 
     def close(self) -> None:
         # Let the last transitions leave before the workers stop.
@@ -195,7 +201,23 @@ def build_sac_actor(cfg, shutdown_event=None) -> SACEnvActor:
     return SACEnvActor(cfg, policy, algorithm, preprocessor, postprocessor, stream, workers, shutdown_event)
 
 
-def run_sac_actor(cfg) -> int:
+def run(cfg) -> int:
+    if cfg.env.type == "gym_manipulator":
+        return run_stock_actor(cfg)
+    return run_env_actor(cfg)
+
+
+def run_stock_actor(cfg) -> int:
+    """LeRobot's own actor, unchanged. It runs `policy.online_steps` env steps and returns (its workers end when
+    it closes their queues)."""
+    from lerobot.rl.actor import actor_cli
+
+    actor_cli.__wrapped__(cfg)  # unwrapped: the parser would re-parse argv with LeRobot's own config class
+    return 0
+
+
+def run_env_actor(cfg) -> int:
+    """`SACEnvActor` on this package's env streams, until its `policy.online_steps` are spent."""
     setup_logging(cfg, f"actor{cfg.actor_index}")
     # torch.distributions re-validates every argument of every distribution it builds. For the gaussian_actor's
     # TanhMultivariateNormalDiag that is a positive-definiteness check of the scale per env step, ~30 % of this

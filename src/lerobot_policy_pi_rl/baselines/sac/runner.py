@@ -1,10 +1,14 @@
 """LeRobot's SAC (`gaussian_actor` + SAC algorithm, unchanged) on the demo's state-only PickCube, as a baseline.
 
+    python -m lerobot_policy_pi_rl.baselines.sac --run_dir <demo run dir> --demos <run dir>/demos --env_steps N
+
 Same env (`pi_rl_pickcube`), same demonstrations (the offline half of SAC's replay mix, `--dataset.root`), same
-env-step budget as the PI-RL run (`policy.online_steps = rl_env_steps`), same evaluation protocol
+env-step budget as the PI-RL run (`policy.online_steps = env_steps`), same evaluation protocol
 (`scripts/evaluate.py`: 100 episodes on the same seeds). Launched with this package's
 `lerobot-pi-rl-train --algorithm.type=sac`: LeRobot's stock SAC learner plus this package's SAC actor loop
-(`runtime/sac_actor.py`; LeRobot's own actor can only build `gym_manipulator` envs), over LeRobot's gRPC transport.
+(`baselines/sac/actor.py`; LeRobot's own actor can only build `gym_manipulator` envs), over LeRobot's gRPC
+transport. Given a demo run directory, its stages (training, evaluation) are recorded there like the demo's own,
+so `python -m lerobot_policy_pi_rl.demo --report_only --run_dir <run dir>` puts SAC in the report.
 
 What is set beyond LeRobot's defaults, and why:
   * `policy.dataset_stats`: min/max of the demonstrations' observations; the action bounds are the env's action
@@ -22,10 +26,11 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 from pathlib import Path
 
-from .envs.pickcube import ACTION_DIM
+from ...demo.settings import DemoSettings
+from ...demo.stages import STAGES_FILE, console_script, evaluate, load_stages, run_stage
+from ...envs.pickcube import ACTION_DIM
 
 # Env action bounds: [dx, dy, dz] in [-1, 1], gripper rate command in [0, 2] (see envs/pickcube.py).
 ACTION_MIN = [-1.0, -1.0, -1.0, 0.0]
@@ -38,7 +43,7 @@ ONLINE_STEP_BEFORE_LEARNING = 100
 
 
 def default_save_freq(env_steps: int) -> int:
-    """About 0.25 optimization steps per env step were measured on a 2-core CPU: ~8 checkpoints per run."""
+    """About 8 checkpoints per run at the stock learner's pace on a 2-core CPU (see docs/measurements.md)."""
     return max(100, env_steps // 30)
 
 
@@ -100,56 +105,51 @@ def sac_train_argv(
     ]
 
 
-def run_sac_baseline(settings, demos_dir: Path, run_stage, rl_env_steps: int) -> tuple[Path, dict]:
-    """Train SAC for `rl_env_steps` env steps, then evaluate its newest checkpoint; returns (run dir, eval)."""
-    from .demo import _bin, evaluate
-
-    if rl_env_steps < 1:
-        raise ValueError(f"rl_env_steps={rl_env_steps}: the SAC baseline needs the PI-RL run's env-step budget")
+def run_sac_baseline(settings: DemoSettings, demos_dir: Path, env_steps: int) -> tuple[Path, dict]:
+    """Train SAC for `env_steps` env steps, then evaluate its newest checkpoint; returns (run dir, eval)."""
+    if env_steps < 1:
+        raise ValueError(f"env_steps={env_steps}: the SAC baseline needs an env-step budget >= 1 (PI-RL's)")
     out = Path(settings.run_dir) / "sac"
     argv = sac_train_argv(
         output_dir=out,
         demos_dir=demos_dir,
-        env_steps=rl_env_steps,
+        env_steps=env_steps,
         seed=settings.seed,
         port=free_port(),
-        launcher=_bin("lerobot-pi-rl-train"),
+        launcher=console_script("lerobot-pi-rl-train"),
     )
     run_stage(settings, "SAC baseline (lerobot-pi-rl-train --algorithm.type=sac: LeRobot's SAC learner)", argv)
     model = out / "checkpoints" / "last" / "pretrained_model"
     if not model.is_dir():
-        raise SystemExit(f"[demo] the SAC run wrote no checkpoint ({model}): raise its env-step budget or "
+        raise SystemExit(f"[sac] the SAC run wrote no checkpoint ({model}): raise its env-step budget or "
                          "lower save_freq")
     return out, evaluate(settings, "sac", model)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone: `python -m lerobot_policy_pi_rl.sac_baseline --run_dir R --demos D --env_steps N`."""
     import argparse
 
-    from .demo import STAGES_FILE, DemoSettings, load_stages, run_stage
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m lerobot_policy_pi_rl.baselines.sac", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run_dir", type=Path, required=True)
     p.add_argument("--demos", type=Path, required=True, help="LeRobotDataset root of the demonstrations")
-    p.add_argument("--env_steps", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval_episodes", type=int, default=DemoSettings.eval_episodes)
-    p.add_argument("--eval_seed", type=int, default=DemoSettings.eval_seed)
+    p.add_argument("--env_steps", type=int, required=True, help="env-step budget (the PI-RL run's)")
+    p.add_argument("--seed", type=int, default=DemoSettings.seed, help="when --run_dir is not a demo run directory")
+    p.add_argument("--eval_episodes", type=int, default=DemoSettings.eval_episodes, help="idem")
+    p.add_argument("--eval_seed", type=int, default=DemoSettings.eval_seed, help="idem")
+    p.add_argument("--eval_workers", type=int, default=DemoSettings.eval_workers, help="idem")
     args = p.parse_args(argv)
+    if args.env_steps < 1:
+        p.error(f"--env_steps={args.env_steps} must be >= 1")
     if (args.run_dir / STAGES_FILE).is_file():
-        # A demo run directory: append the SAC stages to its record (then `demo --report_only` plots both).
+        # A demo run directory: its seed and evaluation protocol, and the SAC stages appended to its record.
         settings = load_stages(args.run_dir)
-        settings.with_sac = True
     else:
         settings = DemoSettings(run_dir=args.run_dir, seed=args.seed, eval_episodes=args.eval_episodes,
-                                eval_seed=args.eval_seed, with_sac=True)
+                                eval_seed=args.eval_seed, eval_workers=args.eval_workers)
+    settings.with_sac = True
     settings.run_dir.mkdir(parents=True, exist_ok=True)
-    run_dir, result = run_sac_baseline(settings, args.demos, run_stage, args.env_steps)
+    run_dir, result = run_sac_baseline(settings, args.demos, args.env_steps)
     summary = {k: result[k] for k in ("success_rate", "success_ci95", "mean_return", "mean_length", "num_episodes")}
     print(json.dumps({"sac_run_dir": str(run_dir), **summary, "timings_s": settings.timings}))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,125 @@
+"""One demo stage: a subprocess whose command and wall time are recorded in `<run_dir>/stages.json` as it ends.
+
+Shared by the demo's pipeline and by the baselines that add stages to a demo run directory; the evaluation stage
+lives here because every policy (SFT, PI-RL, a baseline) goes through the same protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..runtime.console import console_level
+from .settings import DemoSettings
+
+STAGES_FILE = "stages.json"
+
+
+def stage_env() -> dict[str, str]:
+    """The environment of every stage: headless MuJoCo, offline hub, unbuffered output, and below DEBUG no
+    `datasets` progress bar (recording prints one per saved episode, next to its own line per episode)."""
+    env = dict(os.environ)
+    env.setdefault("MUJOCO_GL", "osmesa")
+    env.setdefault("PYOPENGL_PLATFORM", "osmesa")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if console_level() > logging.DEBUG:
+        env.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def console_script(name: str) -> str:
+    """A console script of this virtualenv (next to the running interpreter), else from PATH."""
+    candidate = Path(sys.executable).with_name(name)
+    return str(candidate) if candidate.exists() else name
+
+
+def save_stages(settings: DemoSettings) -> None:
+    """Write the commands and stage wall times run so far to `<run_dir>/stages.json` (after every stage), so the
+    report can be rebuilt (`--report_only`) when a later stage fails or is interrupted."""
+    record = {
+        "variant": settings.variant, "seed": settings.seed, "eval_episodes": settings.eval_episodes,
+        "eval_seed": settings.eval_seed, "eval_workers": settings.eval_workers, "commands": settings.commands,
+        "timings_s": settings.timings,
+    }
+    (settings.run_dir / STAGES_FILE).write_text(json.dumps(record, indent=2))
+
+
+def load_stages(run_dir: Path) -> DemoSettings:
+    """The `DemoSettings` (variant, seed, evaluation protocol, commands, timings) a run directory recorded."""
+    path = Path(run_dir) / STAGES_FILE
+    if not path.is_file():
+        raise SystemExit(f"[demo] {path} not found: is {run_dir} a demo run directory?")
+    record = json.loads(path.read_text())
+    return DemoSettings(
+        variant=record["variant"], run_dir=Path(run_dir), seed=record["seed"], eval_episodes=record["eval_episodes"],
+        eval_seed=record["eval_seed"], eval_workers=record.get("eval_workers", DemoSettings.eval_workers),
+        commands=list(record["commands"]), timings=dict(record["timings_s"]),
+    )
+
+
+def _command(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def _run(name: str, argv: list[str]) -> int:
+    """Announce the stage and run it, its output streaming to the console; its exit code."""
+    print(f"\n=== [demo] {name}\n$ {_command(argv)}", flush=True)
+    return subprocess.run(argv, env=stage_env(), check=False).returncode
+
+
+def _finish(name: str, returncode: int, elapsed: float) -> None:
+    if returncode != 0:
+        raise SystemExit(f"[demo] stage '{name}' failed with exit code {returncode} after {elapsed:.0f}s")
+    print(f"=== [demo] {name}: done in {elapsed:.0f}s", flush=True)
+
+
+def run_stage(settings: DemoSettings, name: str, argv: list[str]) -> None:
+    """Run one stage as a subprocess, streaming its output, and record the command and its wall time."""
+    settings.commands.append(_command(argv))
+    start = time.perf_counter()
+    try:
+        returncode = _run(name, argv)
+    finally:
+        settings.timings[name] = time.perf_counter() - start
+        save_stages(settings)
+    _finish(name, returncode, settings.timings[name])
+
+
+def run_recording_stage(settings: DemoSettings, name: str, argv: list[str]) -> None:
+    """Run a command that records its own stages in `settings.run_dir` (a baseline's runner given the run
+    directory). Afterwards `settings` holds the commands and wall times that command recorded (the real ones,
+    not the wrapper's), also when it failed."""
+    save_stages(settings)
+    start = time.perf_counter()
+    try:
+        returncode = _run(name, argv)
+    finally:
+        recorded = load_stages(settings.run_dir)
+        settings.commands, settings.timings = recorded.commands, recorded.timings
+    _finish(name, returncode, time.perf_counter() - start)
+
+
+def evaluate(settings: DemoSettings, name: str, policy_path: Path) -> dict:
+    """The evaluation stage: `scripts/evaluate.py` on the demo's protocol; its result (also `eval_<name>.json`)."""
+    out = settings.run_dir / f"eval_{name}.json"
+    run_stage(
+        settings,
+        f"evaluate {name}",
+        [
+            sys.executable, "-m", "lerobot_policy_pi_rl.scripts.evaluate",
+            "--policy_path", str(policy_path),
+            "--num_episodes", str(settings.eval_episodes),
+            "--seed", str(settings.eval_seed),
+            "--workers", str(settings.eval_workers),
+            "--output", str(out),
+        ],
+    )
+    return json.loads(out.read_text())
