@@ -208,6 +208,55 @@ def test_bfloat16_smolvla_keeps_float32_log_probs(checkpoints) -> None:
     assert_log_prob_close(evaluation.log_prob.detach(), sample.log_prob)
 
 
+def vla_rollout(batch: dict, sample, *, version: int = 0):
+    """A `Rollout` of one-chunk episodes from a sampled VLA batch (preprocessed observations, terminal rows)."""
+    from lerobot_policy_pi_rl.rl.rollout import Rollout
+
+    obs = {k: v for k, v in batch.items() if k.startswith("observation") and torch.is_tensor(v)}
+    n = sample.log_prob.shape[0]
+    no = torch.zeros(n, dtype=torch.bool)
+    return Rollout(
+        observations=obs, next_observations=obs, chain=sample.record.chain, stochastic=sample.record.stochastic,
+        noise_level=sample.record.noise_level, log_prob=sample.log_prob, value=sample.value,
+        reward=torch.linspace(-1, 1, n), terminated=~no, truncated=no,
+        policy_version=torch.full((n,), version, dtype=torch.long), stream_id=torch.arange(n), intervention=no,
+        success=no, group_id=torch.full((n,), -1, dtype=torch.long),
+    )
+
+
+@pytest.mark.parametrize("variant", ["sde_hybrid", "noise"])
+def test_bf16_ratio_guard_holds_on_honest_runs_and_trips_on_a_config_mismatch(variant, checkpoints) -> None:
+    """bf16 backbone, real processors: the actor samples 12 chains in eval mode in one batch; the learner scores
+    them in train mode in minibatches of another composition (5 rows, shuffled). Measured on this CPU: per-term
+    |log ratio| exactly 0 in bf16 at any composition (<= 1e-7 in float32), so the default tolerance (1e-3 per
+    term) holds; a learner whose Flow-Noise std bounds or compute dtype differ from the actor's is off by
+    7e-4 to 3e-2 per term and must be caught."""
+    from lerobot_policy_pi_rl.rl.algorithm import PiRLAlgorithm, RatioMismatchError
+    from lerobot_policy_pi_rl.rl.config import PiRLAlgorithmConfig
+
+    actor = build_policy("smolvla", checkpoints["smolvla"], variant, dtype="bfloat16").eval()
+    batch = model_batch("smolvla", actor, seed=3, batch=12)
+    sample = actor.sample_chain(batch, generator=gen(4))
+    rollout = vla_rollout(batch, sample)
+
+    def update(learner: PiRLPolicy, sync: bool = True):
+        if sync:
+            learner.load_state_dict(actor.state_dict())
+        config = PiRLAlgorithmConfig(policy_config=learner.config, minibatch_size=5, update_epochs=1)
+        return PiRLAlgorithm(learner, config).update_rollout(rollout)
+
+    honest = build_policy("smolvla", checkpoints["smolvla"], variant, dtype="bfloat16")
+    assert update(honest).steps_taken == 3
+    if variant == "noise":
+        VARIANTS["noise_wider"] = lambda: FlowNoiseConfig(noise_head_hidden_dims=[32], max_std=0.2)
+        other, sync = build_policy("smolvla", checkpoints["smolvla"], "noise_wider", dtype="bfloat16"), True
+    else:  # backbone.pretrained_path of another checkpoint
+        other_checkpoint = tv.build_tiny_smolvla_checkpoint(checkpoints["smolvla"].parent / "other", seed=1)
+        other, sync = build_policy("smolvla", other_checkpoint, variant, dtype="bfloat16"), False
+    with pytest.raises(RatioMismatchError, match="per Gaussian term"):
+        update(other, sync=sync)
+
+
 def test_bad_backbone_checkpoints_fail_loudly(checkpoints, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nowhere"):
         build_policy("smolvla", tmp_path / "nowhere")

@@ -59,6 +59,9 @@ class ChainEvaluation:
     value: Tensor
     #: Mean transition std per sample over stochastic executed elements `[B]` (diagnostics).
     std_mean: Tensor
+    #: Gaussian log-density terms summed into each `log_prob` entry (same shape, float32): stochastic transitions
+    #: (plus Flow-Noise's prior) times executed elements. The ratio guard compares |log ratio| per term.
+    terms: Tensor
 
 
 class PiRLPolicy(PreTrainedPolicy):
@@ -240,11 +243,15 @@ class PiRLPolicy(PreTrainedPolicy):
         stats = self.exploration.std_statistics(
             scored.std, n_action_steps=self.config.n_action_steps, action_dim=self.config.action_dim
         )
+        # Gaussian terms summed into each log-prob entry: the same reduction applied to the per-element counts.
+        per_element = self.exploration.terms_per_element(record).to(scored.element_log_prob.device)
+        terms = self._reduce(per_element.view(-1, 1, 1).expand_as(scored.element_log_prob))
         return ChainEvaluation(
             log_prob=self._reduce(scored.element_log_prob),
             entropy=stats.entropy,
             value=self._value(context),
             std_mean=stats.std_mean,
+            terms=terms,
         )
 
     def value(self, batch: dict[str, Tensor]) -> Tensor:

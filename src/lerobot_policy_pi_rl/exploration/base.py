@@ -104,6 +104,12 @@ class Exploration(abc.ABC):
         """Score recorded chains (on the device of `record.chain`) with gradients through `velocity_fn` and the
         variant's own head, at the noise level each chain was sampled with."""
 
+    def terms_per_element(self, record: ChainRecord) -> Tensor:
+        """How many Gaussian log-density terms each element's log-prob sums, per row `[B]` float32: the scored
+        (stochastic) transitions. The first-minibatch ratio guard compares |log ratio| per term, so that its
+        tolerance means the same for one hybrid step and for K+1 Flow-Noise terms."""
+        return record.stochastic.sum(dim=1).float()
+
     def std_statistics(self, std: Tensor, *, n_action_steps: int, action_dim: int) -> StdStatistics:
         """Entropy and std of `score`'s `std [B, S, H, A]` averaged per sample over the executed elements (first
         `n_action_steps` horizon steps, first `action_dim` dims) of the stochastic transitions."""

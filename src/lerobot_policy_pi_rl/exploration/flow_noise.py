@@ -55,6 +55,12 @@ class FlowNoise(Exploration):
         )
         return ScoredChain(self._chain_log_prob(scored.log_prob, chain), scored.std)
 
+    def terms_per_element(self, record: ChainRecord) -> Tensor:
+        """`sum`: the K transitions plus the prior on x_{t_0}; `mean` already averages them into one term."""
+        if self.config.log_prob_reduction == "mean":
+            return torch.ones(len(record), device=record.chain.device)
+        return record.stochastic.sum(dim=1).float() + 1.0
+
     def _chain_log_prob(self, step_log_probs: Tensor, chain: Tensor) -> Tensor:
         return chain_log_prob(
             step_log_probs, initial_noise=chain[:, 0], reduction=self.config.log_prob_reduction

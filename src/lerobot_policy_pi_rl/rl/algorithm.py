@@ -393,9 +393,7 @@ class PiRLAlgorithm(RLAlgorithm):
             for rows in torch.randperm(n, device=advantages.device).split(cfg.minibatch_size):
                 ev = self._evaluate(rollout, rows)
                 if first:
-                    self._check_ratio(
-                        ev.log_prob.detach(), old_log_prob[rows], rollout.policy_version[rows], finite[rows]
-                    )
+                    self._check_ratio(ev, old_log_prob[rows], rollout.policy_version[rows], finite[rows])
                     first = False
                 mask = ratio_mask[rows]
                 pg_loss, pg = ppo_policy_loss(
@@ -476,19 +474,21 @@ class PiRLAlgorithm(RLAlgorithm):
             stats, steps_taken=steps_taken, steps_skipped=steps_skipped, version_moved=steps_taken > 0 and not warmup
         )
 
-    def _check_ratio(self, log_prob: Tensor, old_log_prob: Tensor, versions: Tensor, finite: Tensor) -> None:
-        """On the first minibatch, rows sampled by the current weights must score exactly as recorded (rows masked
-        for non-finite numbers carry no recorded log-prob any more)."""
+    def _check_ratio(self, ev, old_log_prob: Tensor, versions: Tensor, finite: Tensor) -> None:
+        """On the first minibatch, rows sampled by the current weights must score as recorded: |log ratio| per
+        Gaussian term (`ChainEvaluation.terms`) within `ratio_check_tolerance` (rows masked for non-finite numbers
+        carry no recorded log-prob any more). Per term, the tolerance does not depend on how many elements and
+        denoise steps one ratio covers (C x A for a hybrid Flow-SDE chunk, (K+1) x C x A for Flow-Noise)."""
         current = (versions == self._policy_version) & finite
         if not bool(current.any()):
             return
-        diff = (log_prob.float() - old_log_prob.float())[current].abs()
+        diff = ((ev.log_prob.detach().float() - old_log_prob.float()).abs() / ev.terms.clamp_min(1.0))[current]
         if not bool(torch.isfinite(diff).all()):
             return  # non-finite values are handled (skipped and reported) by the numerics guard
         worst = float(diff.max())
         if worst > self.config.ratio_check_tolerance:
             raise RatioMismatchError(
-                f"first-minibatch |log ratio| = {worst:.3g} > algorithm.ratio_check_tolerance="
+                f"first-minibatch |log ratio| per Gaussian term = {worst:.3g} > algorithm.ratio_check_tolerance="
                 f"{self.config.ratio_check_tolerance} on rows sampled by the current weights (version "
                 f"{self._policy_version}): the learner scores the chain differently from how the actor sampled it "
                 "(different weights, noise level, variant, K, dtype or preprocessing?)"

@@ -142,7 +142,9 @@ class PiRLAlgorithmConfig(RLAlgorithmConfig):
     behaviour_weight_cap: float = 5.0
     # Mask rows where a human intervened out of the PPO ratio (their actions are not the policy's).
     mask_interventions: bool = True
-    # First-minibatch guard: max |log ratio| tolerated on rows from the current version before failing loudly.
+    # First-minibatch guard: max |log ratio| per Gaussian log-density term (per scored element and stochastic
+    # denoise step) tolerated on rows from the current version before failing loudly. float32 re-scores bit for
+    # bit (0); bf16 backbones round differently at different batch compositions, see the troubleshooting docs.
     ratio_check_tolerance: float = 1e-3
     # Filled by `from_policy_config` / the runtime; not a CLI field users normally set.
     policy_config: PreTrainedConfig | None = None
