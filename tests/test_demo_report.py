@@ -188,10 +188,21 @@ def test_a_bad_log_level_fails_before_the_first_stage(tmp_path, monkeypatch, cap
 
 
 @pytest.mark.parametrize(("level", "bars_off"), [(None, True), ("INFO", True), ("DEBUG", False)])
-def test_stages_run_without_dataset_progress_bars_below_debug(monkeypatch, level, bars_off):
+def test_recording_runs_without_dataset_progress_bars_below_debug(tmp_path, monkeypatch, level, bars_off):
+    """Recording saves one `datasets` table per episode, each with a progress bar; the other stages keep theirs
+    (LeRobot re-enables them after loading a dataset, which would warn)."""
     monkeypatch.delenv("HF_DATASETS_DISABLE_PROGRESS_BARS", raising=False)
     if level is None:
         monkeypatch.delenv("PI_RL_LOG_LEVEL", raising=False)
     else:
         monkeypatch.setenv("PI_RL_LOG_LEVEL", level)
-    assert (stages.stage_env().get("HF_DATASETS_DISABLE_PROGRESS_BARS") == "1") is bars_off
+    envs = {}
+    monkeypatch.setattr(pipeline, "run_stage",
+                        lambda settings, name, argv, env=None: envs.update({name: stages.stage_env(env)}))
+    settings = DemoSettings(run_dir=tmp_path)
+    pipeline.record(settings)
+    pipeline.sft(settings, tmp_path / "demos")
+    pipeline.pi_rl(settings, tmp_path / "sft")
+    flags = {name: env.get("HF_DATASETS_DISABLE_PROGRESS_BARS") for name, env in envs.items()}
+    assert flags.pop("record demonstrations") == ("1" if bars_off else None)
+    assert set(flags.values()) == {None}, flags

@@ -32,7 +32,7 @@ from pathlib import Path
 from ..runtime.console import console_level
 from .report import format_success, last_env_steps, read_evals, read_metrics, rebuild_report, write_report
 from .settings import ACTOR_LR, RL_UPDATES, VARIANTS, DemoSettings
-from .stages import console_script, evaluate, run_recording_stage, run_stage
+from .stages import console_script, evaluate, quiet_datasets_env, run_recording_stage, run_stage
 
 SAC_BASELINE_MODULE = "lerobot_policy_pi_rl.baselines.sac"
 
@@ -49,6 +49,7 @@ def record(settings: DemoSettings) -> Path:
             "--action_noise", str(settings.demo_action_noise),
             "--seed", str(settings.seed),
         ],
+        env=quiet_datasets_env(),
     )
     return out
 

@@ -21,18 +21,23 @@ from .settings import DemoSettings
 STAGES_FILE = "stages.json"
 
 
-def stage_env() -> dict[str, str]:
-    """The environment of every stage: headless MuJoCo, offline hub, unbuffered output, and below DEBUG no
-    `datasets` progress bar (recording prints one per saved episode, next to its own line per episode)."""
+def stage_env(defaults: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a stage: headless MuJoCo, offline hub, unbuffered output, plus the stage's own
+    `defaults`; a variable already set in this process's environment wins."""
     env = dict(os.environ)
-    env.setdefault("MUJOCO_GL", "osmesa")
-    env.setdefault("PYOPENGL_PLATFORM", "osmesa")
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if console_level() > logging.DEBUG:
-        env.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    base = {"MUJOCO_GL": "osmesa", "PYOPENGL_PLATFORM": "osmesa", "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false"}
+    for key, value in {**base, **(defaults or {})}.items():
+        env.setdefault(key, value)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def quiet_datasets_env() -> dict[str, str]:
+    """Below DEBUG, no `datasets` progress bars: for a stage that saves many small tables (recording saves one
+    per episode, each bar next to the script's own line per episode). Not for stages that load a LeRobotDataset:
+    LeRobot re-enables the bars after loading one, which warns when this variable is set."""
+    return {"HF_DATASETS_DISABLE_PROGRESS_BARS": "1"} if console_level() > logging.DEBUG else {}
 
 
 def console_script(name: str) -> str:
@@ -69,10 +74,10 @@ def _command(argv: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
 
-def _run(name: str, argv: list[str]) -> int:
+def _run(name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
     """Announce the stage and run it, its output streaming to the console; its exit code."""
     print(f"\n=== [demo] {name}\n$ {_command(argv)}", flush=True)
-    return subprocess.run(argv, env=stage_env(), check=False).returncode
+    return subprocess.run(argv, env=stage_env(env), check=False).returncode
 
 
 def _finish(name: str, returncode: int, elapsed: float) -> None:
@@ -81,12 +86,13 @@ def _finish(name: str, returncode: int, elapsed: float) -> None:
     print(f"=== [demo] {name}: done in {elapsed:.0f}s", flush=True)
 
 
-def run_stage(settings: DemoSettings, name: str, argv: list[str]) -> None:
-    """Run one stage as a subprocess, streaming its output, and record the command and its wall time."""
+def run_stage(settings: DemoSettings, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+    """Run one stage as a subprocess, streaming its output, and record the command and its wall time. `env`:
+    environment defaults of this stage (see `stage_env`)."""
     settings.commands.append(_command(argv))
     start = time.perf_counter()
     try:
-        returncode = _run(name, argv)
+        returncode = _run(name, argv, env)
     finally:
         settings.timings[name] = time.perf_counter() - start
         save_stages(settings)

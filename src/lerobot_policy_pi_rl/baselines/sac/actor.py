@@ -202,6 +202,7 @@ def build_sac_actor(cfg, shutdown_event=None) -> SACEnvActor:
 
 
 def run(cfg) -> int:
+    """The SAC actor of `lerobot-pi-rl-actor`: LeRobot's own for `gym_manipulator`, else `SACEnvActor`."""
     if cfg.env.type == "gym_manipulator":
         return run_stock_actor(cfg)
     return run_env_actor(cfg)
