@@ -98,6 +98,26 @@ def test_rl_stage_uses_the_variant_defaults_unless_overridden(tmp_path, monkeypa
     assert f"--algorithm.actor_lr={actor_lr}" in argv_rl
 
 
+@pytest.mark.parametrize(("argv", "expected"), [
+    ([], ["--algorithm.advantage.type=gae"]),
+    (["--advantage", "grpo", "--grpo_group_size", "2"],
+     ["--algorithm.advantage.type=grpo", "--algorithm.advantage.group_size=2"]),
+])
+def test_rl_stage_passes_the_advantage_estimator(tmp_path, monkeypatch, argv, expected):
+    """`--advantage grpo` reaches lerobot-pi-rl-train, whose config parses it (the PPO vs GRPO comparison)."""
+    from lerobot_policy_pi_rl.runtime.cli import load_config
+
+    commands = []
+    monkeypatch.setattr(pipeline, "run_stage", lambda settings, name, argv: commands.append(argv))
+    settings = pipeline.parse_args([*argv, "--run_dir", str(tmp_path / "run")])
+    pipeline.pi_rl(settings, tmp_path / "sft")
+    (argv_rl,) = commands
+    assert [a for a in argv_rl if a.startswith("--algorithm.advantage.")] == expected
+    flags = [a for a in argv_rl[1:] if not a.startswith("--policy.path")] + ["--policy.type=pi_rl"]
+    cfg = load_config(flags)
+    assert cfg.algorithm.advantage.type == (argv[1] if argv else "gae")
+
+
 def test_rl_updates_must_be_positive(tmp_path, capsys):
     with pytest.raises(SystemExit):
         pipeline.parse_args(["--rl_updates", "0", "--run_dir", str(tmp_path / "run")])

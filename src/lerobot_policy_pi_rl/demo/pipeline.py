@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..runtime.console import console_level
 from .report import format_success, last_env_steps, read_evals, read_metrics, rebuild_report, write_report
-from .settings import ACTOR_LR, RL_UPDATES, VARIANTS, DemoSettings
+from .settings import ACTOR_LR, ADVANTAGES, RL_UPDATES, VARIANTS, DemoSettings
 from .stages import console_script, evaluate, quiet_datasets_env, run_recording_stage, run_stage
 
 SAC_BASELINE_MODULE = "lerobot_policy_pi_rl.baselines.sac"
@@ -102,6 +102,8 @@ def pi_rl(settings: DemoSettings, sft_model: Path) -> Path:
             ),
             "--env.type=pi_rl_pickcube",
             "--algorithm.type=pi_rl",
+            f"--algorithm.advantage.type={settings.advantage}",
+            *([f"--algorithm.advantage.group_size={settings.grpo_group_size}"] if settings.advantage == "grpo" else []),
             f"--algorithm.rollout_chunks={settings.rollout_chunks}",
             f"--algorithm.actor_lr={settings.actor_lr or ACTOR_LR[settings.variant]}",
             f"--algorithm.critic_lr={settings.critic_lr}",
@@ -143,8 +145,11 @@ def parse_args(argv: list[str] | None = None) -> DemoSettings:
     p.add_argument("--run_dir", type=Path, default=None, help="default: outputs/demo_<variant>_<timestamp>")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
     p.add_argument("--with_sac", action="store_true", help="also run LeRobot's SAC baseline")
+    p.add_argument("--advantage", choices=ADVANTAGES, default=defaults.advantage,
+                   help="gae: PPO with a critic; grpo: critic-free, groups of --grpo_group_size episodes")
     for name in ("seed", "demo_episodes", "sft_steps", "eval_episodes", "eval_workers",
-                 "rollout_chunks", "n_envs", "num_actors", "critic_warmup_updates", "noise_anneal_updates"):
+                 "rollout_chunks", "n_envs", "num_actors", "critic_warmup_updates", "noise_anneal_updates",
+                 "grpo_group_size"):
         p.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
     for name in ("demo_action_noise", "critic_lr", "noise_level", "noise_level_final"):
         p.add_argument(f"--{name}", type=float, default=getattr(defaults, name))

@@ -73,7 +73,8 @@ def write_report(settings: DemoSettings, evals: dict[str, dict], curves: dict[st
     lines = [
         "# PI-RL demo report",
         "",
-        f"Variant `{settings.variant}`, state-only PickCube (gym_hil), flow_mlp backbone, seed {settings.seed}.",
+        f"Variant `{settings.variant}`, advantages `{settings.advantage}`, state-only PickCube (gym_hil), flow_mlp "
+        f"backbone, seed {settings.seed}.",
         "Success: the task's success flag is reached at any step of the episode (cube lifted 0.1 m).",
         f"Evaluation: deterministic ODE sampling, {settings.eval_episodes} episodes, env seeds "
         f"{settings.eval_seed}..{settings.eval_seed + settings.eval_episodes - 1}, 95 % Wilson intervals.",

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 VARIANTS = ("flow_sde", "flow_noise")
+ADVANTAGES = ("gae", "grpo")
 # Actor learning rate per variant. The chunk-level log-prob sums C x A elements; Flow-Noise scores all K steps plus
 # the prior (Flow-SDE one step), so the same weight change moves its log-prob several times more: a smaller step
 # keeps approx_kl in the same range for both.
@@ -50,6 +51,10 @@ class DemoSettings:
     critic_lr: float = 1e-3
     update_epochs: int = 4
     minibatch_size: int = 64
+    # PPO with GAE (a critic) by default; `grpo` scores whole groups of `grpo_group_size` episodes that start from
+    # the same state (each actor's n_envs must be a multiple of it).
+    advantage: str = "gae"
+    grpo_group_size: int = 4
     # Critic warm-up and noise annealing are off: at this budget they showed no gain beyond run-to-run spread.
     critic_warmup_updates: int = 0
     noise_level: float = 0.5
