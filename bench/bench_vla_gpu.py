@@ -208,7 +208,8 @@ def build_policy(setting: Setting, *, tiny: bool, device: str, workdir: Path) ->
         output_features=outputs,
         push_to_hub=False,
     )
-    tiny_pi = tv.tiny_paligemma(setting.backbone) if tiny and setting.backbone != "smolvla" else contextlib.nullcontext()
+    toy_sizes = tiny and setting.backbone != "smolvla"
+    tiny_pi = tv.tiny_paligemma(setting.backbone) if toy_sizes else contextlib.nullcontext()
     torch.manual_seed(0)
     # Parameters are created (and randomly initialized) on the device directly: a 4 B model initialized on the
     # CPU takes minutes.
