@@ -108,13 +108,14 @@ def run_actor(stream, learner_policy, chunks: int) -> tuple[list, list[dict]]:
 
     policy_cfg = learner_policy.config
     policy = PiRLPolicy(copy.deepcopy(policy_cfg)).eval()
-    algorithm = PiRLAlgorithm(policy, PiRLAlgorithmConfig(policy_config=policy_cfg))
+    algorithm_cfg = PiRLAlgorithmConfig(policy_config=policy_cfg)
+    algorithm = PiRLAlgorithm(policy, algorithm_cfg)
     pre, post = make_pre_post_processors(policy_cfg, dataset_stats=manipulator_stats())
     workers = Workers(queue.Queue(), queue.Queue(), queue.Queue())
     weights = PiRLAlgorithm(learner_policy, PiRLAlgorithmConfig(policy_config=policy_cfg)).get_weights()
     weights[LEARNER_SESSION_KEY], weights[TRAINING_DONE_KEY] = 7, False
     workers.parameters.put(state_to_bytes(weights))
-    cfg = SimpleNamespace(policy=policy_cfg, actor_index=0, actor_max_chunks=chunks)
+    cfg = SimpleNamespace(policy=policy_cfg, algorithm=algorithm_cfg, actor_index=0, actor_max_chunks=chunks)
     actor = PiRLActor(cfg, policy, algorithm, pre, post, [stream], workers, threading.Event())
     assert actor.run() == 0
     transitions = []
