@@ -208,22 +208,6 @@ def test_bfloat16_smolvla_keeps_float32_log_probs(checkpoints) -> None:
     assert_log_prob_close(evaluation.log_prob.detach(), sample.log_prob)
 
 
-def vla_rollout(batch: dict, sample, *, version: int = 0):
-    """A `Rollout` of one-chunk episodes from a sampled VLA batch (preprocessed observations, terminal rows)."""
-    from lerobot_policy_pi_rl.rl.rollout import Rollout
-
-    obs = {k: v for k, v in batch.items() if k.startswith("observation") and torch.is_tensor(v)}
-    n = sample.log_prob.shape[0]
-    no = torch.zeros(n, dtype=torch.bool)
-    return Rollout(
-        observations=obs, next_observations=obs, chain=sample.record.chain, stochastic=sample.record.stochastic,
-        noise_level=sample.record.noise_level, log_prob=sample.log_prob, value=sample.value,
-        reward=torch.linspace(-1, 1, n), terminated=~no, truncated=no,
-        policy_version=torch.full((n,), version, dtype=torch.long), stream_id=torch.arange(n), intervention=no,
-        success=no, group_id=torch.full((n,), -1, dtype=torch.long),
-    )
-
-
 @pytest.mark.parametrize("variant", ["sde_hybrid", "noise"])
 def test_bf16_ratio_guard_holds_on_honest_runs_and_trips_on_a_config_mismatch(variant, checkpoints) -> None:
     """bf16 backbone, real processors: the actor samples 12 chains in eval mode in one batch; the learner scores
@@ -237,7 +221,7 @@ def test_bf16_ratio_guard_holds_on_honest_runs_and_trips_on_a_config_mismatch(va
     actor = build_policy("smolvla", checkpoints["smolvla"], variant, dtype="bfloat16").eval()
     batch = model_batch("smolvla", actor, seed=3, batch=12)
     sample = actor.sample_chain(batch, generator=gen(4))
-    rollout = vla_rollout(batch, sample)
+    rollout = tv.vla_rollout(batch, sample)
 
     def update(learner: PiRLPolicy, sync: bool = True):
         if sync:

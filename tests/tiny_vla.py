@@ -6,6 +6,9 @@
   `get_gemma_config` (tiny depth/width) and shrinks the vision tower; the 257k vocabulary and the 2048-wide
   projection stay, which is what makes them slow (seconds, GBs): tests using them are marked `slow`.
 
+* The PaliGemma tokenizer that LeRobot's π0/π0.5 processors load by hub id (gated) is replaced by a tiny
+  word-level one served from a temporary hub cache (`paligemma_tokenizer_cache`), so their real processors run.
+
 Every builder writes a *plain LeRobot checkpoint directory* (config.json, model.safetensors, policy processors)
 exactly as `lerobot-train` would, so the pi_rl backbones load it through their normal path.
 """
@@ -41,6 +44,7 @@ def features() -> tuple[dict[str, PolicyFeature], dict[str, PolicyFeature]]:
 
 
 def dataset_stats() -> dict[str, dict[str, torch.Tensor]]:
+    """Stats for every normalization mode the tiny policies use (π0.5 normalizes state/action by quantiles)."""
     g = torch.Generator().manual_seed(0)
     return {
         OBS_STATE: {
@@ -48,12 +52,16 @@ def dataset_stats() -> dict[str, dict[str, torch.Tensor]]:
             "std": torch.rand(STATE_DIM, generator=g) + 0.5,
             "min": -torch.ones(STATE_DIM) * 3,
             "max": torch.ones(STATE_DIM) * 3,
+            "q01": -torch.ones(STATE_DIM) * 2,
+            "q99": torch.ones(STATE_DIM) * 2,
         },
         ACTION: {
             "mean": torch.randn(ACTION_DIM, generator=g),
             "std": torch.rand(ACTION_DIM, generator=g) + 0.5,
             "min": -torch.ones(ACTION_DIM) * 2,
             "max": torch.ones(ACTION_DIM) * 2,
+            "q01": -torch.ones(ACTION_DIM) * 1.5,
+            "q99": torch.ones(ACTION_DIM) * 1.5,
         },
         IMAGE_KEY: {
             "mean": torch.full((3, 1, 1), 0.5),
@@ -252,7 +260,9 @@ def tiny_pi_config(policy_type: str, *, num_steps: int = 10):
         chunk_size=CHUNK_SIZE,
         n_action_steps=5,
         image_resolution=(32, 32),
-        tokenizer_max_length=12,
+        # π0.5 puts the discretized state into the prompt: room for "Task: <5 words>, State: <6 bins>;\nAction: "
+        # with the tiny tokenizer (`write_tiny_paligemma_tokenizer`), so the state is not truncated away.
+        tokenizer_max_length=12 if policy_type == "pi0" else 24,
         num_inference_steps=num_steps,
         dtype="float32",
         push_to_hub=False,
@@ -266,9 +276,10 @@ def tiny_pi_config(policy_type: str, *, num_steps: int = 10):
     return PI05Config(**kwargs)
 
 
-def build_tiny_pi_checkpoint(root: Path, policy_type: str, *, seed: int = 0) -> Path:
-    """A plain `pi0`/`pi05` checkpoint directory (config + weights; processors need the gated PaliGemma
-    tokenizer, so none are written: tests feed token ids directly)."""
+def build_tiny_pi_checkpoint(root: Path, policy_type: str, *, seed: int = 0, with_processors: bool = False) -> Path:
+    """A plain `pi0`/`pi05` checkpoint directory: config + weights, and with `with_processors` LeRobot's own
+    processors too (they name the PaliGemma tokenizer: build, load and run them inside
+    `paligemma_tokenizer_cache`). Without processors, tests feed token ids directly (`tokenized_observation`)."""
     import importlib
 
     modeling = importlib.import_module(f"lerobot.policies.{policy_type}.modeling_{policy_type}")
@@ -278,8 +289,69 @@ def build_tiny_pi_checkpoint(root: Path, policy_type: str, *, seed: int = 0) -> 
         policy = policy_cls(tiny_pi_config(policy_type))
     _perturb(policy, seed)
     directory = root / policy_type
+    if with_processors:
+        return save_plain_checkpoint(policy, directory, dataset_stats())
     policy.save_pretrained(directory)
     return directory
+
+
+#: The hub id LeRobot's π0/π0.5 processors load their tokenizer from (hard-coded upstream; gated on the hub).
+PALIGEMMA_TOKENIZER_ID = "google/paligemma-3b-pt-224"
+#: Any 40-hex commit: the snapshot name the fake hub cache resolves `main` to.
+_FAKE_COMMIT = "0" * 40
+
+
+def write_tiny_paligemma_tokenizer(directory: Path) -> Path:
+    """A word-level stand-in for the PaliGemma tokenizer (`tokenizer.json` + `tokenizer_config.json`).
+
+    PaliGemma's conventions: `<pad>` = 0, `<eos>` = 1, `<bos>` = 2 prepended to every prompt. Words are split on
+    whitespace and punctuation, so π0's "task\n" prompts and π0.5's "Task: ..., State: 12 200 ...;\nAction: "
+    prompts (state bins 0..255) tokenize to known ids; every id is below `TINY_VOCAB`.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    words = list(dict.fromkeys(TASK_WORDS + ["Task", "State", "Action", ":", ",", ";", "."]))
+    vocab = {token: i for i, token in enumerate(special + words + [str(b) for b in range(256)])}
+    assert len(vocab) <= TINY_VOCAB, len(vocab)
+    word_level = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
+    word_level.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=word_level, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>"
+    )
+    tokenizer.save_pretrained(directory)
+    # `AutoTokenizer` reads the repo's model config first (as the real repo has one): a PaliGemma config.
+    (directory / "config.json").write_text('{"model_type": "paligemma"}')
+    return directory
+
+
+@contextlib.contextmanager
+def paligemma_tokenizer_cache(cache_root: Path):
+    """Make `AutoTokenizer.from_pretrained("google/paligemma-3b-pt-224")` load the tiny tokenizer, offline.
+
+    Writes the tokenizer into `cache_root` laid out as the Hugging Face hub cache for that repo id
+    (`models--google--paligemma-3b-pt-224/{refs/main, snapshots/<commit>/...}`), then points the hub cache at
+    `cache_root` and forces offline mode for the duration. `huggingface_hub` reads `HF_HUB_CACHE` /
+    `HF_HUB_OFFLINE` from the environment once, at import, so the resolved constants are patched, not the
+    environment; LeRobot's `TokenizerProcessorStep` and `transformers` then run their normal code path.
+    """
+    from huggingface_hub import constants
+
+    repo = cache_root / ("models--" + PALIGEMMA_TOKENIZER_ID.replace("/", "--"))
+    snapshot = repo / "snapshots" / _FAKE_COMMIT
+    if not (snapshot / "tokenizer.json").is_file():
+        write_tiny_paligemma_tokenizer(snapshot)
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text(_FAKE_COMMIT)
+    with (
+        mock.patch.object(constants, "HF_HUB_CACHE", str(cache_root)),
+        mock.patch.object(constants, "HF_HUB_OFFLINE", True),
+    ):
+        yield cache_root
 
 
 def tokenized_observation(batch: int, *, seed: int = 0, max_length: int = 12, vocab: int = 1000) -> dict:
@@ -295,3 +367,24 @@ def tokenized_observation(batch: int, *, seed: int = 0, max_length: int = 12, vo
         OBS_LANGUAGE_TOKENS: torch.randint(1, vocab, (batch, max_length), generator=g) * mask,
         OBS_LANGUAGE_ATTENTION_MASK: mask,
     }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rollouts
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def vla_rollout(batch: dict, sample, *, version: int = 0):
+    """A `Rollout` of one-chunk episodes from a sampled VLA batch (preprocessed observations, terminal rows)."""
+    from lerobot_policy_pi_rl.rl.rollout import Rollout
+
+    obs = {k: v for k, v in batch.items() if k.startswith("observation") and torch.is_tensor(v)}
+    n = sample.log_prob.shape[0]
+    no = torch.zeros(n, dtype=torch.bool)
+    return Rollout(
+        observations=obs, next_observations=obs, chain=sample.record.chain, stochastic=sample.record.stochastic,
+        noise_level=sample.record.noise_level, log_prob=sample.log_prob, value=sample.value,
+        reward=torch.linspace(-1, 1, n), terminated=~no, truncated=no,
+        policy_version=torch.full((n,), version, dtype=torch.long), stream_id=torch.arange(n), intervention=no,
+        success=no, group_id=torch.full((n,), -1, dtype=torch.long),
+    )
