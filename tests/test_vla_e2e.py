@@ -44,6 +44,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+EVAL_EPISODE_STEPS = 20
+# LeRobot's `lerobot-eval` (its `main`, unchanged) with MetaWorld episodes cut to EVAL_EPISODE_STEPS: the env fixes
+# `_max_episode_steps = 500` and `lerobot-eval` takes its limit from there (`--env.episode_length` is not used),
+# so no flag shortens an episode; a full one costs minutes of rendering on a small CPU.
+SHORT_EPISODE_EVAL = f"""
+import sys
+import lerobot.envs.metaworld as metaworld_env
+from lerobot.scripts import lerobot_eval
+
+init = metaworld_env.MetaworldEnv.__init__
+
+def short_episodes(self, *args, **kwargs):
+    init(self, *args, **kwargs)
+    self._max_episode_steps = {EVAL_EPISODE_STEPS}
+
+metaworld_env.MetaworldEnv.__init__ = short_episodes
+sys.argv = ["lerobot-eval", *sys.argv[1:]]
+lerobot_eval.main()
+"""
+
+
 def build_metaworld_smolvla(root: Path) -> Path:
     """A plain `smolvla` checkpoint (tiny VLM) whose features are those of LeRobot's `metaworld` env type.
 
@@ -93,7 +114,7 @@ def train_args(checkpoint: Path, out: Path, port: int, **over) -> list[str]:
         "algorithm.type": "pi_rl", "algorithm.rollout_chunks": ROLLOUT_CHUNKS,
         "algorithm.minibatch_size": ROLLOUT_CHUNKS, "algorithm.update_epochs": 1,
         "num_updates": UPDATES, "checkpoint_every_updates": CHECKPOINT_EVERY, "n_envs": 2, "num_actors": 1,
-        "reconnect_timeout_s": 20, "torch_threads": 1, "policy.actor_learner_config.learner_port": port,
+        "reconnect_timeout_s": 5, "torch_threads": 1, "policy.actor_learner_config.learner_port": port,
         "output_dir": str(out), "seed": 0,
     }
     args.update(over)
@@ -192,14 +213,23 @@ def test_smolvla_on_metaworld_two_tasks_train_kill_resume_export_eval(tmp_path: 
         env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((exported / "config.json").read_text())["type"] == "smolvla"
+    # The export holds the RL-trained weights: the action expert moved, the frozen VLM did not.
+    from safetensors.torch import load_file
+
+    before, after = load_file(str(checkpoint / "model.safetensors")), load_file(str(exported / "model.safetensors"))
+    assert before.keys() == after.keys()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("model.vlm_with_expert.lm_expert.") for k in moved), sorted(moved)
+    assert not any(k.startswith("model.vlm_with_expert.vlm.") for k in moved), sorted(moved)
     eval_dir = tmp_path / "eval"
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "lerobot-eval"), f"--policy.path={exported}", "--policy.device=cpu",
-         "--env.type=metaworld", "--env.task=push-v3", "--eval.n_episodes=1", "--eval.batch_size=1",
+        [sys.executable, "-c", SHORT_EPISODE_EVAL, f"--policy.path={exported}", "--policy.device=cpu",
+         "--env.type=metaworld", f"--env.task={','.join(TASKS)}", "--eval.n_episodes=1", "--eval.batch_size=1",
          "--eval.use_async_envs=false", f"--output_dir={eval_dir}", "--seed=0"],
         env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     info = json.loads((eval_dir / "eval_info.json").read_text())
-    assert info["overall"]["n_episodes"] == 1, info["overall"]
+    assert info["overall"]["n_episodes"] == len(TASKS), info["overall"]
+    assert sorted(t["task_group"] for t in info["per_task"]) == sorted(TASKS)
     t_total = time.monotonic() - started
     print(f"wall time: first run {t_first:.0f}s, train+resume {t_train:.0f}s, total {t_total:.0f}s")
