@@ -161,7 +161,6 @@ def test_smolvla_rows_of_different_tasks_tokenize_to_one_length(tmp_path: Path) 
 
 @pytest.mark.slow
 def test_smolvla_on_metaworld_two_tasks_train_kill_resume_export_eval(tmp_path: Path) -> None:
-    pytest.importorskip("metaworld")
     started = time.monotonic()
     env = subprocess_env(MUJOCO_GL="osmesa", PYOPENGL_PLATFORM="osmesa", TOKENIZERS_PARALLELISM="false")
     checkpoint = build_metaworld_smolvla(tmp_path / "tiny")
