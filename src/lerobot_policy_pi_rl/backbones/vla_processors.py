@@ -3,7 +3,9 @@
 π0, π0.5 and SmolVLA tokenize `complementary_data["task"]` and raise `KeyError: 'task'` when it is absent,
 which is what RL actors and LeRobot's stock loops send. `DefaultTaskProcessorStep` (inserted right after the
 batch dimension is added, before tokenization) fills in `config.backbone.default_task` for every observation
-without a task. The step is registered, so saved pipelines reload; `lerobot-pi-rl-export` strips it again when
+without a task. Instructions are padded to the tokenizer's `max_length` (SmolVLA pads to the longest in a call by
+default): the actor preprocesses each env on its own and the learner stacks rows of every task into one batch, so
+every row must hold the same number of tokens. Padding is masked, so it does not change what the model computes. The step is registered, so saved pipelines reload; `lerobot-pi-rl-export` strips it again when
 writing a plain LeRobot checkpoint.
 """
 
@@ -19,6 +21,7 @@ from lerobot.configs import PipelineFeatureType, PolicyFeature
 from lerobot.processor import (
     AddBatchDimensionProcessorStep,
     EnvTransition,
+    TokenizerProcessorStep,
     PolicyAction,
     PolicyProcessorPipeline,
     ProcessorStep,
@@ -138,4 +141,7 @@ def make_vla_pre_post_processors(
         )
     else:
         preprocessor, postprocessor = make_pre_post_processors(upstream, dataset_stats=dataset_stats)
+    for step in preprocessor.steps:
+        if isinstance(step, TokenizerProcessorStep):
+            step.padding = "max_length"
     return with_default_task(preprocessor, bcfg.default_task), postprocessor

@@ -82,6 +82,12 @@ class PiRLActor:
         self.env_steps = 0
         self.episodes = 0
         self.stream_ids = [cfg.actor_index * STREAM_STRIDE + i for i in range(len(streams))]
+        # Which task each stream runs (multi-task suites spread the envs over their tasks), one line per task.
+        by_task: dict[tuple[str, str], list[int]] = {}
+        for sid, stream in zip(self.stream_ids, streams, strict=True):
+            by_task.setdefault((stream.task_name, stream.task), []).append(sid)
+        for (name, instruction), sids in by_task.items():
+            logger.info("[ACTOR] task %s (%r): streams %s", name or "-", instruction, sids)
         # GRPO: groups of envs that reset to the same state; a group's e-th episodes form one scored group.
         self.group_size = cfg.algorithm.advantage.episodes_per_group
         if self.group_size > 1:
