@@ -65,3 +65,16 @@ def test_metrics_file_appends_strict_json_lines_without_nan(tmp_path):
     metrics.append({"update": 2, "rollout/success_rate": 0.5})
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert rows == [{"update": 1, "loss/policy": 0.25}, {"update": 2, "rollout/success_rate": 0.5}]
+
+
+def test_episode_window_reports_each_task_of_a_multi_task_suite():
+    window = EpisodeWindow()
+    for task, success in [("push-v3/0", 1.0), ("push-v3/0", 0.0), ("drawer-open-v3/0", 1.0)]:
+        window.add({"Episodic reward": success, "Success": success, "Episode length": 10, "Task": task})
+    log = window.as_log_dict()
+    assert log["rollout/success_rate"] == 2 / 3
+    assert log["rollout/success_rate/push-v3/0"] == 0.5 and log["rollout/success_rate/drawer-open-v3/0"] == 1.0
+    assert log["rollout/episode_return/drawer-open-v3/0"] == 1.0
+    single = EpisodeWindow()
+    single.add({"Success": 1.0, "Task": "pick up the cube"})
+    assert not any(k.count("/") > 1 for k in single.as_log_dict())  # one task: no per-task copies
