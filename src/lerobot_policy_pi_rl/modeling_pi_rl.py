@@ -190,7 +190,7 @@ class PiRLPolicy(PreTrainedPolicy):
         return self.config.num_denoise_steps
 
     def _initial_noise(self, batch: int, generator: torch.Generator | None) -> Tensor:
-        device = next(self.parameters()).device
+        device = self.sde_noise_level.device  # where the policy lives (a buffer: cheaper than walking parameters)
         shape = (batch, self.backbone.chunk_size, self.backbone.model_action_dim)
         return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
 

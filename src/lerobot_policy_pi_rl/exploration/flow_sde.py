@@ -63,6 +63,8 @@ class _StepTable:
         k = self.num_steps = times.shape[0] - 1
         self.hybrid = hybrid
         patterns = torch.eye(k, dtype=torch.bool) if hybrid else torch.ones(1, k, dtype=torch.bool)
+        #: `[R, K]` bool: which steps of each pattern are SDE steps (the chains' `ChainRecord.stochastic` rows).
+        self.patterns = patterns.to(times.device)
         coefficients = flow_sde_coefficient_table(times, patterns, noise_level=noise_level)  # each [R, K]
         safe_std, log_normalizer = gaussian_scale_terms(coefficients.std)
         if hybrid:  # row j is scored at its SDE step j only
@@ -70,6 +72,8 @@ class _StepTable:
         self.packed = torch.cat([*coefficients, safe_std, log_normalizer], dim=1)[..., None, None]
         #: t_k `[B]` per step (views of one grid).
         self.step_times = tuple(t.expand(batch_size) for t in times[:-1].unbind(0))
+        #: The level every chain of the batch records, `[B]` (read-only).
+        self.levels = torch.full((batch_size,), noise_level, dtype=torch.float32, device=times.device)
 
     def steps(self, rows: Tensor | None) -> FlowSDESteps:
         """The steps of a batch: pattern `rows[b]` for sample b (`[B]` long), or the only pattern (None)."""
@@ -137,13 +141,12 @@ class FlowSDE(Exploration):
         safe_std, log_normalizer = steps.safe_std, steps.log_normalizer
         if self.hybrid:
             element_log_prob = one_step_chain_log_prob(chain, means, safe_std=safe_std, log_normalizer=log_normalizer)
-            stochastic = torch.nn.functional.one_hot(step_index, k).bool()
+            stochastic = table.patterns[step_index]
         else:
             step_log_probs = linear_chain_log_probs(chain, means, safe_std=safe_std, log_normalizer=log_normalizer)
             element_log_prob = chain_log_prob(step_log_probs, reduction="sum")
-            stochastic = torch.ones(bsize, k, dtype=torch.bool, device=device)
-        level = torch.full((bsize,), noise_level, dtype=torch.float32, device=device)
-        return SampledChain(ChainRecord(chain, stochastic, level), element_log_prob)
+            stochastic = table.patterns.expand(bsize, k)
+        return SampledChain(ChainRecord(chain, stochastic, table.levels), element_log_prob)
 
     def score(self, velocity_fn: VelocityFeaturesFn, record: ChainRecord) -> ScoredChain:
         chain = record.chain.float()
