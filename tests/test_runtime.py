@@ -310,22 +310,17 @@ def wandb_history(output_dir: Path) -> list[dict]:
     return rows
 
 
-def test_learner_and_actor_in_one_process_with_global_clipping_and_wandb_offline(tmp_path, monkeypatch):
-    """Threads and a free port: the global gradient-norm clip runs end to end, and LeRobot's own W&B logger
-    (offline) receives the learner's metrics under their stable names (LeRobot prefixes `train/`)."""
-    import json
-
+def run_in_threads(args: list[str], prepare_learner=None):
+    """A learner and one actor from the same CLI args, in threads of this process (free port); both must exit 0.
+    `prepare_learner(learner)` runs before the learner starts. Returns the learner."""
     from lerobot_policy_pi_rl.runtime.actor import build_actor
     from lerobot_policy_pi_rl.runtime.cli import load_config
     from lerobot_policy_pi_rl.runtime.learner import build_learner
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    out = tmp_path / "run"
-    args = tiny_args(free_port(), out, num_updates=2, checkpoint_every_updates=2, **{
-        "algorithm.grad_clip_scope": "global", "wandb.enable": "true", "wandb.project": "pi_rl_test",
-        "wandb.mode": "offline", "wandb.disable_artifact": "true"})
     codes: dict[str, int] = {}
     learner = build_learner(load_config(args), shutdown_event=threading.Event())
+    if prepare_learner is not None:
+        prepare_learner(learner)
     learner_thread = threading.Thread(target=lambda: codes.update(learner=learner.run()), daemon=True)
     learner_thread.start()
     actor = build_actor(load_config(args), shutdown_event=threading.Event())
@@ -338,6 +333,18 @@ def test_learner_and_actor_in_one_process_with_global_clipping_and_wandb_offline
         learner.close()
         actor.close()
     assert codes == {"learner": 0, "actor": 0}
+    return learner
+
+
+def test_learner_and_actor_in_one_process_with_global_clipping_and_wandb_offline(tmp_path, monkeypatch):
+    """Threads and a free port: the global gradient-norm clip runs end to end, and LeRobot's own W&B logger
+    (offline) receives the learner's metrics under their stable names (LeRobot prefixes `train/`)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "run"
+    args = tiny_args(free_port(), out, num_updates=2, checkpoint_every_updates=2, **{
+        "algorithm.grad_clip_scope": "global", "wandb.enable": "true", "wandb.project": "pi_rl_test",
+        "wandb.mode": "offline", "wandb.disable_artifact": "true"})
+    learner = run_in_threads(args)
     assert learner.cfg.algorithm.grad_clip_scope == "global"
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -516,31 +523,18 @@ def test_grpo_end_to_end_groups_envs_and_scores_whole_groups(tmp_path):
     """`--algorithm.advantage.type=grpo` through the real actor and learner (threads, free port): env pairs reset
     to the same state, rows carry group ids, and every rollout holds whole groups of `group_size` episodes whose
     episodes start from the same observation."""
-    from lerobot_policy_pi_rl.runtime.actor import build_actor
-    from lerobot_policy_pi_rl.runtime.cli import load_config
-    from lerobot_policy_pi_rl.runtime.learner import build_learner
 
     out = tmp_path / "run"
     args = tiny_args(free_port(), out, num_updates=2, checkpoint_every_updates=0, n_envs=4, **{
         "algorithm.advantage.type": "grpo", "algorithm.advantage.group_size": 2,
         "algorithm.advantage.drop_uniform_groups": "false", "env.episode_length": 8})
-    learner = build_learner(load_config(args), shutdown_event=threading.Event())
     rollouts = []
-    update = learner.algorithm.update_rollout
-    learner.algorithm.update_rollout = lambda rollout: rollouts.append(rollout) or update(rollout)
-    codes: dict[str, int] = {}
-    learner_thread = threading.Thread(target=lambda: codes.update(learner=learner.run()), daemon=True)
-    learner_thread.start()
-    actor = build_actor(load_config(args), shutdown_event=threading.Event())
-    actor_thread = threading.Thread(target=lambda: codes.update(actor=actor.run()), daemon=True)
-    actor_thread.start()
-    try:
-        learner_thread.join(timeout=240)
-        actor_thread.join(timeout=60)
-    finally:
-        learner.close()
-        actor.close()
-    assert codes == {"learner": 0, "actor": 0}
+
+    def record_rollouts(learner):
+        update = learner.algorithm.update_rollout
+        learner.algorithm.update_rollout = lambda rollout: rollouts.append(rollout) or update(rollout)
+
+    run_in_threads(args, prepare_learner=record_rollouts)
     assert len(rollouts) == 2
     for rollout in rollouts:
         assert len(rollout) >= 16 and bool((rollout.group_id >= 0).all())
