@@ -1,7 +1,7 @@
 """Tiny, offline VLA checkpoints for tests: LeRobot's real SmolVLA / π0 / π0.5 code at toy sizes.
 
-* SmolVLA: a local "VLM" directory (tiny `SmolVLMConfig`, word-level tokenizer with SmolVLM's special tokens,
-  `SmolVLMProcessor`) that `SmolVLAConfig.vlm_model_name` points to; about 0.3 M parameters, instant.
+* SmolVLA: a local "VLM" directory (the package's `tiny` debug SmolVLM: model config, word-level tokenizer with
+  SmolVLM's special tokens, `SmolVLMProcessor`) that `SmolVLAConfig.vlm_model_name` points to; instant.
 * π0 / π0.5: upstream builds PaliGemma from a fixed variant table, so the builder patches the module-level
   `get_gemma_config` (tiny depth/width) and shrinks the vision tower; the 257k vocabulary and the 2048-wide
   projection stay, which is what makes them slow (seconds, GBs): tests using them are marked `slow`.
@@ -90,56 +90,12 @@ def raw_observation(batch: int, seed: int = 0, with_task: bool = True) -> dict:
 
 
 def write_tiny_smolvlm(directory: Path, *, image_size: int = 64) -> Path:
-    """A local SmolVLM "model id": config, word-level tokenizer with SmolVLM's special tokens, processor."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (
-        PreTrainedTokenizerFast,
-        SmolVLMConfig,
-        SmolVLMImageProcessor,
-        SmolVLMProcessor,
-        SmolVLMVideoProcessor,
-    )
+    """A local SmolVLM "model id" (the package's `tiny` debug size, vocabulary `TASK_WORDS`)."""
+    import dataclasses
 
-    directory.mkdir(parents=True, exist_ok=True)
-    special = ["<pad>", "<unk>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>",
-               "<global-img>"]
-    vocab = {token: i for i, token in enumerate(special + TASK_WORDS)}
-    word_level = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=word_level,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        bos_token="<|im_start|>",
-        eos_token="<end_of_utterance>",
-        extra_special_tokens={
-            "fake_image_token": "<fake_token_around_image>",
-            "image_token": "<image>",
-            "global_image_token": "<global-img>",
-            "end_of_utterance_token": "<end_of_utterance>",
-        },
-    )
-    processor = SmolVLMProcessor(
-        image_processor=SmolVLMImageProcessor(),
-        tokenizer=tokenizer,
-        video_processor=SmolVLMVideoProcessor(),
-        image_seq_len=(image_size // 16 // 4) ** 2,
-    )
-    processor.save_pretrained(directory)
-    SmolVLMConfig(
-        text_config=dict(
-            model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=16, vocab_size=len(vocab), pad_token_id=0,
-        ),
-        vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, patch_size=16,
-            image_size=image_size,
-        ),
-        scale_factor=4,
-        image_token_id=vocab["<image>"],
-        pad_token_id=0,
-    ).save_pretrained(directory)
-    return directory
+    from lerobot_policy_pi_rl.backbones.debug_smolvla import DEBUG_SIZES, write_smolvlm
+
+    return write_smolvlm(directory, dataclasses.replace(DEBUG_SIZES["tiny"], image_size=image_size), words=TASK_WORDS)
 
 
 def tiny_smolvla_config(vlm_dir: Path, *, image_size: int = 64, num_steps: int = 10):

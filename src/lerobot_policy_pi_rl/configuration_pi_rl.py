@@ -215,7 +215,23 @@ class VLABackboneConfig(BackboneConfig):
 @BackboneConfig.register_subclass("smolvla")
 @dataclass
 class SmolVLABackboneConfig(VLABackboneConfig):
-    pass
+    # Instead of loading `pretrained_path`, build LeRobot's SmolVLA at a debug size (`tiny`, `small`) with random
+    # weights and a locally written VLM: the real code path at a size a CPU trains, not a model to deploy. The
+    # input/output features come from the dataset (SFT) or the env; chunk size, executed steps and denoise steps
+    # from this pi_rl config.
+    debug_size: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.debug_size is not None:
+            from .backbones.debug_smolvla import debug_size_spec
+
+            debug_size_spec(self.debug_size)
+            require(
+                not self.pretrained_path,
+                f"backbone.debug_size={self.debug_size!r} builds a random-weight SmolVLA: it cannot be combined "
+                f"with backbone.pretrained_path={self.pretrained_path!r}",
+            )
 
 
 @BackboneConfig.register_subclass("pi0")

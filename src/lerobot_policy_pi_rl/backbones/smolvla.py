@@ -30,7 +30,28 @@ class SmolVLABackbone(VLABackbone):
 
         return SmolVLAPolicy
 
+    def _debug_upstream_config(self, config):
+        bcfg = config.backbone
+        if bcfg.debug_size is None:
+            return None
+        from .debug_smolvla import debug_smolvla_config
+
+        return debug_smolvla_config(
+            bcfg.debug_size,
+            input_features=config.input_features or {},
+            output_features=config.output_features or {},
+            chunk_size=config.chunk_size,
+            n_action_steps=config.n_action_steps,
+            num_steps=config.num_denoise_steps,
+            device=config.device,
+        )
+
     def _configure_upstream(self, upstream, bcfg: VLABackboneConfig) -> None:
+        if getattr(bcfg, "debug_size", None):
+            from .debug_smolvla import ensure_debug_vlm
+
+            # A saved config names the directory of the machine it was trained on: use this machine's.
+            upstream.vlm_model_name = str(ensure_debug_vlm(bcfg.debug_size))
         if upstream.adapt_to_pi_aloha:
             raise NotImplementedError(
                 "smolvla checkpoints with adapt_to_pi_aloha=true are not supported by pi_rl (the chain would live "

@@ -145,13 +145,14 @@ class VLABackbone(FlowBackbone, abc.ABC):
         source = config.value_head.feature_source
         self.value_source = self.auto_value_source if source == "auto" else source
 
-        load_weights = bcfg.upstream_config is None
-        upstream = self._resolve_upstream_config(bcfg)
+        first_build = bcfg.upstream_config is None
+        upstream = self._resolve_upstream_config(config)
         upstream.device = config.device
         self._configure_upstream(upstream, bcfg)
         self.policy: PreTrainedPolicy = self._policy_class()(upstream)
-        if load_weights:
-            self._load_weights(bcfg.pretrained_path)
+        if first_build:
+            if bcfg.pretrained_path:
+                self._load_weights(bcfg.pretrained_path)
             bcfg.upstream_config = encode_upstream_config(upstream)
         self._apply_dtype(bcfg.dtype)
 
@@ -202,9 +203,17 @@ class VLABackbone(FlowBackbone, abc.ABC):
 
     # ----- construction helpers -----
 
-    def _resolve_upstream_config(self, bcfg: VLABackboneConfig) -> PreTrainedConfig:
+    def _debug_upstream_config(self, config: PiRLConfig) -> PreTrainedConfig | None:
+        """A random-weight upstream config built from the pi_rl config (`backbone.debug_size`), or None."""
+        return None
+
+    def _resolve_upstream_config(self, config: PiRLConfig) -> PreTrainedConfig:
+        bcfg: VLABackboneConfig = config.backbone  # type: ignore[assignment]
+        debug = None if bcfg.upstream_config is not None else self._debug_upstream_config(config)
         if bcfg.upstream_config is not None:
             upstream = decode_upstream_config(bcfg.upstream_config)
+        elif debug is not None:
+            upstream = debug
         else:
             if not bcfg.pretrained_path:
                 raise ValueError(

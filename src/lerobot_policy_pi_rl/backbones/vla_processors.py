@@ -119,14 +119,20 @@ def make_vla_pre_post_processors(
 
     bcfg: VLABackboneConfig = config.backbone  # type: ignore[assignment]
     path = bcfg.pretrained_path
+    debug_size = getattr(bcfg, "debug_size", None)
     if bcfg.upstream_config is not None:
         upstream = decode_upstream_config(bcfg.upstream_config)
+        if debug_size:
+            from .debug_smolvla import ensure_debug_vlm
+
+            # The tokenizer step loads the debug VLM's tokenizer from this machine's copy.
+            upstream.vlm_model_name = str(ensure_debug_vlm(debug_size))
     elif path:
         upstream = PreTrainedConfig.from_pretrained(path)
     else:
         raise ValueError(
-            f"backbone.type={bcfg.type} needs backbone.pretrained_path (or a saved upstream_config) to build its "
-            "processors"
+            f"backbone.type={bcfg.type} needs backbone.pretrained_path, backbone.debug_size (smolvla) or a saved "
+            "upstream_config to build its processors (building the policy first records the upstream config)"
         )
     upstream.device = config.device
     if path and _has_saved_processors(path):
