@@ -288,6 +288,21 @@ def test_actor_streams_chunk_transitions_and_applies_versioned_weights(tmp_path)
     assert applied[:1] == [0] and applied == sorted(applied) and len(applied) >= 2, applied
     rollout = transitions_to_rollout(rows)
     assert len(rollout) == 12
+    # A running episode's next decision starts from the observation its previous transition ended in.
+    by_stream: dict[int, list[Transition]] = {}
+    for tr in rows:
+        by_stream.setdefault(int(tr["complementary_info"][S.STREAM_ID.key]), []).append(tr)
+    for stream_rows in by_stream.values():
+        for prev, nxt in zip(stream_rows, stream_rows[1:]):
+            if not (prev["done"] or prev["truncated"]):
+                for key, value in prev["next_state"].items():
+                    torch.testing.assert_close(nxt["state"][key], value)
+    # The actor's wall time per stage, for reports.
+    split = json.loads((tmp_path / "run" / "time_split" / "actor0.json").read_text())
+    assert {"env", "sampling", "processors", "transport", "other", "total"} <= set(split["seconds"])
+    assert min(split["seconds"][k] for k in ("env", "sampling", "processors")) > 0
+    assert sum(v for k, v in split["seconds"].items() if k != "total") == pytest.approx(split["seconds"]["total"])
+    assert split["env_steps"] == sum(tr["action"].shape[0] for tr in rows)
 
 
 def wandb_history(output_dir: Path) -> list[dict]:

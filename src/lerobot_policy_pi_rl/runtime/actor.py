@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import logging
 import sys
+import json
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch.multiprocessing import Queue
@@ -33,6 +35,7 @@ from lerobot.utils.random_utils import set_seed
 
 from .config import PiRLTrainRLServerPipelineConfig, apply_torch_threads, policy_dataset_stats
 from .env_streams import StepResult, assign_groups, make_env_streams
+from .metrics import TimeSplit
 from .schema import GROUP_EPISODE_BITS, STREAM_STRIDE, ChunkOrigin, ChunkOutcome, chunk_transition
 from .transport import LEARNER_SESSION_KEY, TRAINING_DONE_KEY, new_client, wait_for_learner
 
@@ -94,6 +97,9 @@ class PiRLActor:
             assign_groups(streams, self.group_size)
         self.chunk_index = [0] * len(streams)
         self.episode = [EpisodeStats() for _ in streams]
+        # Where the actor's wall time goes: env steps (physics, rendering), chain sampling, the policy's processors
+        # (normalization, tokenization), handing transitions to the transport, waiting for weights.
+        self.time_split = TimeSplit()
 
     # ------------------------------------------------------------------------------------------------------
     # The loop
@@ -102,17 +108,26 @@ class PiRLActor:
     def run(self) -> int:
         if not self.wait_for_first_weights():
             return 0 if self.shutdown_event.is_set() else 1
+        clock = self.time_split
         observations = self.reset_all()
+        with clock("processors"):
+            batch = self.preprocess(observations)
         while not self.should_stop():
-            self.apply_new_weights()
+            with clock("weights"):
+                self.apply_new_weights()
             if self.training_done:
                 break
-            batch = self.preprocess(observations)
-            sample = self.policy.sample_chain(self.stack(batch))
-            actions = self.postprocess(sample.action_chunk[:, : self.C])
-            outcomes = [self.execute_chunk(i, actions[i]) for i in range(len(self.streams))]
-            self.send(batch, outcomes, sample)
-            observations = self.next_observations(outcomes)
+            with clock("sampling"):
+                sample = self.policy.sample_chain(self.stack(batch))
+            with clock("processors"):
+                actions = self.postprocess(sample.action_chunk[:, : self.C])
+            with clock("env"):
+                outcomes = [self.execute_chunk(i, actions[i]) for i in range(len(self.streams))]
+            with clock("processors"):
+                next_batch = self.preprocess([out.next_observation for out in outcomes])
+            with clock("transport"):
+                self.send(batch, next_batch, outcomes, sample)
+            batch = self.next_batch(outcomes, next_batch)
         return 1 if self.workers.learner_lost.is_set() and not self.training_done else 0
 
     # ------------------------------------------------------------------------------------------------------
@@ -178,14 +193,14 @@ class PiRLActor:
         return ChunkOutcome(step.observation, torch.stack(executed), reward, step.terminated, step.truncated,
                             success, intervention)
 
-    def send(self, batch: list[dict], outcomes: list[ChunkOutcome], sample) -> None:
+    def send(self, batch: list[dict], next_batch: list[dict], outcomes: list[ChunkOutcome], sample) -> None:
         """One chunk transition per env: row i of the batched `ChainSample` with env i's outcome."""
         transitions = []
         for i, out in enumerate(outcomes):
             transitions.append(
                 chunk_transition(
                     observation=batch[i],
-                    next_observation=self.preprocess_one(i, out.next_observation),
+                    next_observation=next_batch[i],
                     sample=sample,
                     row=i,
                     outcome=out,
@@ -209,17 +224,19 @@ class PiRLActor:
         processed = self.preprocessor({**observation, "task": self.streams[i].task})
         return {k: v for k, v in processed.items() if k.startswith("observation") and torch.is_tensor(v)}
 
-    def next_observations(self, outcomes: list[ChunkOutcome]) -> list[dict]:
-        """Continue running episodes; reset finished ones (policy.reset()) and report them to the learner."""
-        observations = []
+    def next_batch(self, outcomes: list[ChunkOutcome], next_batch: list[dict]) -> list[dict]:
+        """The next decision's processed observations: running episodes continue from their (already processed)
+        next observation; finished ones are reported to the learner and reset (policy.reset())."""
+        batch = list(next_batch)
         for i, out in enumerate(outcomes):
             if out.terminated or out.truncated:
                 self.report_episode(i)
                 self.policy.reset()
-                observations.append(self.streams[i].reset())
-            else:
-                observations.append(out.next_observation)
-        return observations
+                with self.time_split("env"):
+                    observation = self.streams[i].reset()
+                with self.time_split("processors"):
+                    batch[i] = self.preprocess_one(i, observation)
+        return batch
 
     def report_episode(self, i: int) -> None:
         ep = self.episode[i]
@@ -346,7 +363,21 @@ def run_actor(cfg: PiRLTrainRLServerPipelineConfig) -> int:
         actor.chunks_sent, actor.env_steps, actor.episodes, actor.weights_applied,
         actor.env_steps / max(time.perf_counter() - t0, 1e-9),
     )
+    split = actor.time_split.summary()
+    logger.info("[ACTOR] time: %s", TimeSplit.format(split))
+    write_time_split(cfg, split, env_steps=actor.env_steps)
     return code
+
+
+TIME_SPLIT_DIR = "time_split"
+
+
+def write_time_split(cfg: PiRLTrainRLServerPipelineConfig, split: dict[str, float], *, env_steps: int) -> Path:
+    """`<output_dir>/time_split/actor<i>.json`: the actor's wall time per stage, for reports."""
+    out = Path(cfg.output_dir) / TIME_SPLIT_DIR / f"actor{cfg.actor_index}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"seconds": split, "env_steps": env_steps}, indent=2))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import Counter, deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +55,32 @@ class EpisodeWindow:
                 log[f"rollout/episode_return/{task}"] = mean(window.returns)
         return log
 
+
+
+class TimeSplit:
+    """Wall time of a loop per named stage (`with split("env"): ...`); what no stage covers is `other`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+    def summary(self) -> dict[str, float]:
+        total = time.perf_counter() - self.started
+        return {**self.seconds, "other": max(total - sum(self.seconds.values()), 0.0), "total": total}
+
+    @staticmethod
+    def format(summary: dict[str, float]) -> str:
+        total = max(summary.get("total", 0.0), 1e-9)
+        parts = [f"{k} {v:.0f} s ({100 * v / total:.0f} %)" for k, v in summary.items() if k != "total"]
+        return f"{', '.join(parts)} of {total:.0f} s"
 
 @dataclass
 class Counters:
