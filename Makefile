@@ -44,10 +44,12 @@ venv: system-deps $(STAMP)
 test: venv
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
-# VARIANT=flow_noise make demo (or make demo VARIANT=flow_noise); DEMO_ARGS passes any other demo flag.
-VARIANT ?= flow_noise
+# make demo BACKBONE=smolvla (LeRobot's SmolVLA at debug size instead of the small flow policy); VARIANT=flow_sde
+# or flow_noise (default: the backbone's); DEMO_ARGS passes any other demo flag.
+BACKBONE ?= flow_mlp
+VARIANT ?=
 demo: venv
-	$(PY) -m lerobot_policy_pi_rl.demo --variant $(VARIANT) $(DEMO_ARGS)
+	$(PY) -m lerobot_policy_pi_rl.demo --backbone $(BACKBONE) $(if $(VARIANT),--variant $(VARIANT)) $(DEMO_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -70,7 +70,7 @@ def test_stages_are_recorded_as_they_run_and_the_report_rebuilds_with_a_later_sa
         (tmp_path / name / "metrics.jsonl").write_text(json.dumps({**row, "rollout/interaction_steps": steps}) + "\n")
     (tmp_path / "eval_sft.json").write_text(json.dumps(_eval(0.44)))
     text = report.rebuild_report(tmp_path).read_text()
-    assert "Variant `flow_noise`" in text
+    assert "Backbone `flow_mlp`, variant `flow_noise`" in text
     assert "| pi_rl | 88.0 % [80.2, 93.0]" in text and "| sac | 2.0 % [0.6, 7.0]" in text and "| 1200 |" in text
     assert "SAC ran 1200 env steps, fewer than PI-RL's 3000" in text
 
@@ -196,7 +196,7 @@ def test_sac_runner_appends_its_stages_to_a_demo_run_directory(tmp_path, monkeyp
     assert list(recorded.timings)[0] == "PI-RL" and any("SAC baseline" in name for name in recorded.timings)
     assert '"success_rate": 0.02' in capsys.readouterr().out
     text = report.rebuild_report(tmp_path).read_text()
-    assert "Variant `flow_sde`" in text and "| sac | 2.0 % [0.6, 7.0]" in text
+    assert "variant `flow_sde`" in text and "| sac | 2.0 % [0.6, 7.0]" in text
 
 
 def test_a_bad_log_level_fails_before_the_first_stage(tmp_path, monkeypatch, capsys):

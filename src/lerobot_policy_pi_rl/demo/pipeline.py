@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..runtime.console import console_level
 from .report import format_success, last_env_steps, read_evals, read_metrics, rebuild_report, write_report
-from .settings import ACTOR_LR, ADVANTAGES, RL_UPDATES, VARIANTS, DemoSettings
+from .settings import ADVANTAGES, BACKBONE_RECIPES, BACKBONES, VARIANTS, DemoSettings, env_flags
 from .stages import console_script, evaluate, quiet_datasets_env, run_recording_stage, run_stage
 
 SAC_BASELINE_MODULE = "lerobot_policy_pi_rl.baselines.sac"
@@ -48,6 +48,7 @@ def record(settings: DemoSettings) -> Path:
             "--num_episodes", str(settings.demo_episodes),
             "--action_noise", str(settings.demo_action_noise),
             "--seed", str(settings.seed),
+            *env_flags(settings.recipe.env_options, prefix="--"),
         ],
         env=quiet_datasets_env(),
     )
@@ -61,8 +62,7 @@ def sft(settings: DemoSettings, demos: Path) -> Path:
         "SFT (lerobot-train)",
         [
             console_script("lerobot-train"),
-            "--policy.type=pi_rl",
-            "--policy.backbone.type=flow_mlp",
+            *settings.recipe.sft_policy_args,
             f"--policy.variant.type={settings.variant}",
             "--policy.device=cpu",
             "--policy.push_to_hub=false",
@@ -90,6 +90,7 @@ def pi_rl(settings: DemoSettings, sft_model: Path) -> Path:
             console_script("lerobot-pi-rl-train"),
             f"--policy.path={sft_model}",
             "--policy.device=cpu",
+            *settings.recipe.rl_policy_args,
             f"--policy.variant.type={settings.variant}",
             *(
                 [
@@ -101,16 +102,17 @@ def pi_rl(settings: DemoSettings, sft_model: Path) -> Path:
                 else []
             ),
             "--env.type=pi_rl_pickcube",
+            *env_flags(settings.recipe.env_options, prefix="--env."),
             "--algorithm.type=pi_rl",
             f"--algorithm.advantage.type={settings.advantage}",
             *([f"--algorithm.advantage.group_size={settings.grpo_group_size}"] if settings.advantage == "grpo" else []),
             f"--algorithm.rollout_chunks={settings.rollout_chunks}",
-            f"--algorithm.actor_lr={settings.actor_lr or ACTOR_LR[settings.variant]}",
+            f"--algorithm.actor_lr={settings.actor_lr}",
             f"--algorithm.critic_lr={settings.critic_lr}",
             f"--algorithm.update_epochs={settings.update_epochs}",
             f"--algorithm.critic_warmup_updates={settings.critic_warmup_updates}",
             f"--algorithm.minibatch_size={settings.minibatch_size}",
-            f"--num_updates={settings.rl_updates or RL_UPDATES[settings.variant]}",
+            f"--num_updates={settings.rl_updates}",
             f"--n_envs={settings.n_envs}",
             f"--num_actors={settings.num_actors}",
             "--checkpoint_every_updates=10",
@@ -137,36 +139,49 @@ def sac_baseline(settings: DemoSettings, demos: Path, env_steps: int) -> None:
     )
 
 
+def run_name(settings: DemoSettings) -> str:
+    """`flow_noise` for the default backbone (as before), `smolvla_flow_noise` for another one."""
+    return settings.variant if settings.backbone == "flow_mlp" else f"{settings.backbone}_{settings.variant}"
+
+
 def parse_args(argv: list[str] | None = None) -> DemoSettings:
     defaults = DemoSettings()
     p = argparse.ArgumentParser(prog="python -m lerobot_policy_pi_rl.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variant", choices=VARIANTS, default=os.environ.get("VARIANT", defaults.variant))
+    p.add_argument("--backbone", choices=BACKBONES, default=os.environ.get("BACKBONE") or defaults.backbone,
+                   help="flow_mlp: this package's small flow policy (about 20 min); smolvla: LeRobot's SmolVLA at "
+                        "debug size (instruction, camera, state; about 45 min)")
+    p.add_argument("--variant", choices=VARIANTS, default=os.environ.get("VARIANT") or None,
+                   help="default per backbone: " + ", ".join(f"{k} {r.default_variant}"
+                                                             for k, r in BACKBONE_RECIPES.items()))
     p.add_argument("--run_dir", type=Path, default=None, help="default: outputs/demo_<variant>_<timestamp>")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
     p.add_argument("--with_sac", action="store_true", help="also run LeRobot's SAC baseline")
     p.add_argument("--advantage", choices=ADVANTAGES, default=defaults.advantage,
                    help="gae: PPO with a critic; grpo: critic-free, groups of --grpo_group_size episodes")
-    for name in ("seed", "demo_episodes", "sft_steps", "eval_episodes", "eval_workers",
+    for name in ("sft_steps", "sft_batch_size"):
+        p.add_argument(f"--{name}", type=int, default=None, help="default per backbone")
+    for name in ("seed", "demo_episodes", "eval_episodes", "eval_workers",
                  "rollout_chunks", "n_envs", "num_actors", "critic_warmup_updates", "noise_anneal_updates",
                  "grpo_group_size"):
         p.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
     for name in ("demo_action_noise", "critic_lr", "noise_level", "noise_level_final"):
         p.add_argument(f"--{name}", type=float, default=getattr(defaults, name))
-    p.add_argument("--rl_updates", type=int, default=None,
-                   help=f"default per variant: {', '.join(f'{k} {v}' for k, v in RL_UPDATES.items())}")
-    p.add_argument("--actor_lr", type=float, default=None,
-                   help=f"default per variant: {', '.join(f'{k} {v:g}' for k, v in ACTOR_LR.items())}")
+    p.add_argument("--rl_updates", type=int, default=None, help="default per backbone and variant: " + "; ".join(
+        f"{k} {r.rl_updates}" for k, r in BACKBONE_RECIPES.items()))
+    p.add_argument("--actor_lr", type=float, default=None, help="default per backbone and variant: " + "; ".join(
+        f"{k} {r.actor_lr}" for k, r in BACKBONE_RECIPES.items()))
     args = p.parse_args(argv)
-    if args.rl_updates is not None and args.rl_updates < 1:
-        p.error(f"--rl_updates={args.rl_updates} must be >= 1")
+    for name in ("rl_updates", "sft_steps", "sft_batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name}={getattr(args, name)} must be >= 1")
     try:
         console_level()  # every stage reads it: a bad value fails here, before the first one
     except ValueError as err:
         p.error(str(err))
     settings = DemoSettings(**{k: v for k, v in vars(args).items() if k not in ("run_dir", "overwrite")})
     # A fresh directory per run by default, so a second `make demo` never overwrites the first one's report.
-    settings.run_dir = args.run_dir or Path("outputs") / f"demo_{args.variant}_{time.strftime('%Y%m%d-%H%M%S')}"
+    settings.run_dir = args.run_dir or Path("outputs") / f"demo_{run_name(settings)}_{time.strftime('%Y%m%d-%H%M%S')}"
     if settings.run_dir.exists():
         if not args.overwrite:
             raise SystemExit(
@@ -191,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
     settings.run_dir.mkdir(parents=True)
     start = time.perf_counter()
-    print(f"[demo] run directory: {settings.run_dir} (variant {settings.variant})", flush=True)
+    print(f"[demo] run directory: {settings.run_dir} (backbone {settings.backbone}, variant {settings.variant})",
+          flush=True)
     demos = record(settings)
     sft_model = sft(settings, demos)
     evals = {"sft": evaluate(settings, "sft", sft_model)}
@@ -206,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         curves["sac"] = read_metrics(settings.run_dir / "sac" / "metrics.jsonl")
     total = time.perf_counter() - start
     report = write_report(settings, evals, curves, total)
-    latest = settings.run_dir.parent / f"demo_{settings.variant}_latest"
+    latest = settings.run_dir.parent / f"demo_{run_name(settings)}_latest"
     if latest.is_symlink() or not latest.exists():
         latest.unlink(missing_ok=True)
         latest.symlink_to(settings.run_dir.resolve(), target_is_directory=True)

@@ -66,6 +66,39 @@ def format_success(result: dict) -> str:
     return f"{100 * result['success_rate']:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
+def observation_description(settings: DemoSettings) -> str:
+    options = settings.recipe.env_options
+    if not options:
+        return "state-only: arm state and cube position"
+    parts = ["instruction", "arm state" + (" with the cube position" if options.get("state_includes_cube") else "")]
+    camera = options.get("camera", "none")
+    if camera == "blank":
+        parts.append(f"a blank {options.get('camera_size')} px camera frame")
+    elif camera != "none":
+        parts.append(f"the {camera} camera at {options.get('camera_size')} px")
+    return ", ".join(parts)
+
+
+def rl_time_split(rl_dir: Path, metrics: list[dict]) -> list[str]:
+    """Report lines: each actor's wall time per stage (`time_split/actor*.json`) and the learner's update time."""
+    from ..runtime.metrics import TimeSplit
+
+    lines = []
+    for path in sorted((rl_dir / "time_split").glob("actor*.json")):
+        record = json.loads(path.read_text())
+        seconds = record["seconds"]
+        env_steps = max(int(record.get("env_steps", 0)), 1)
+        lines.append(f"- {path.stem}: {TimeSplit.format(seconds)}; "
+                     f"{1000 * seconds.get('env', 0.0) / env_steps:.1f} ms env and "
+                     f"{1000 * seconds.get('sampling', 0.0) / env_steps:.1f} ms sampling per env step")
+    updates = [row["perf/update_s"] for row in metrics if "perf/update_s" in row]
+    collect = [row["perf/collect_s"] for row in metrics if "perf/collect_s" in row]
+    if updates:
+        lines.append(f"- learner: {sum(updates):.0f} s in {len(updates)} PPO updates ({sum(updates) / len(updates):.1f} s "
+                     f"each), {sum(collect):.0f} s waiting for rollouts")
+    return lines
+
+
 def write_report(settings: DemoSettings, evals: dict[str, dict], curves: dict[str, list[dict]], total_s: float) -> Path:
     plot = settings.run_dir / "learning_curve.png"
     plot_learning_curves(curves, evals, plot)
@@ -73,8 +106,8 @@ def write_report(settings: DemoSettings, evals: dict[str, dict], curves: dict[st
     lines = [
         "# PI-RL demo report",
         "",
-        f"Variant `{settings.variant}`, advantages `{settings.advantage}`, state-only PickCube (gym_hil), flow_mlp "
-        f"backbone, seed {settings.seed}.",
+        f"Backbone `{settings.backbone}`, variant `{settings.variant}`, advantages `{settings.advantage}`, PickCube "
+        f"(gym_hil; {observation_description(settings)}), seed {settings.seed}.",
         "Success: the task's success flag is reached at any step of the episode (cube lifted 0.1 m).",
         f"Evaluation: deterministic ODE sampling, {settings.eval_episodes} episodes, env seeds "
         f"{settings.eval_seed}..{settings.eval_seed + settings.eval_episodes - 1}, 95 % Wilson intervals.",
@@ -99,6 +132,10 @@ def write_report(settings: DemoSettings, evals: dict[str, dict], curves: dict[st
     lines += [f"- total: {total_s:.0f} s"]
     if sac_s:
         lines += [f"- total without the SAC baseline: {total_s - sac_s:.0f} s"]
+    split = rl_time_split(settings.run_dir / "pi_rl", curves.get("pi_rl", []))
+    if split:
+        lines += ["", "### Where the PI-RL stage's time goes", ""]
+        lines += split
     lines += ["", "## Commands", "", "```bash"]
     lines += settings.commands
     lines += ["```", ""]
@@ -107,6 +144,7 @@ def write_report(settings: DemoSettings, evals: dict[str, dict], curves: dict[st
     (settings.run_dir / "report.json").write_text(
         json.dumps(
             {
+                "backbone": settings.backbone,
                 "variant": settings.variant,
                 "evals": {k: {kk: v[kk] for kk in ("success_rate", "success_ci95", "mean_return", "mean_length",
                                                    "num_episodes")} for k, v in evals.items()},

@@ -1,6 +1,7 @@
 """The demo's recipe: every default of `python -m lerobot_policy_pi_rl.demo`, sized for a 2-core CPU.
 
-The runs behind these numbers are in docs/measurements.md.
+Two backbones share the pipeline and the evaluation protocol; `BACKBONE_RECIPES` holds what differs. The runs behind
+these numbers are in docs/measurements.md.
 """
 
 from __future__ import annotations
@@ -10,43 +11,111 @@ from pathlib import Path
 
 VARIANTS = ("flow_sde", "flow_noise")
 ADVANTAGES = ("gae", "grpo")
-# Actor learning rate per variant. The chunk-level log-prob sums C x A elements; Flow-Noise scores all K steps plus
-# the prior (Flow-SDE one step), so the same weight change moves its log-prob several times more: a smaller step
-# keeps approx_kl in the same range for both.
-ACTOR_LR = {"flow_sde": 1e-5, "flow_noise": 3e-6}
-# PPO updates per variant: Flow-Noise keeps improving for longer, Flow-SDE plateaus earlier.
-RL_UPDATES = {"flow_sde": 130, "flow_noise": 180}
+
+
+@dataclass(frozen=True)
+class BackboneRecipe:
+    """What the demo does differently per backbone: the policy it trains, what the env shows it, how long."""
+
+    # `lerobot-train` flags that choose and size the policy (SFT from scratch).
+    sft_policy_args: tuple[str, ...]
+    # Extra `lerobot-pi-rl-train` flags on top of the SFT checkpoint's config.
+    rl_policy_args: tuple[str, ...]
+    # PickCube observation options (`--env.<name>` for PI-RL, `--<name>` for recording and evaluation).
+    env_options: dict[str, object]
+    sft_steps: int
+    sft_batch_size: int
+    # Actor learning rate per variant. The chunk-level log-prob sums C x A elements; Flow-Noise scores all K steps
+    # plus the prior (Flow-SDE one step), so the same weight change moves its log-prob several times more: a
+    # smaller step keeps approx_kl in the same range for both.
+    actor_lr: dict[str, float]
+    # PPO updates per variant.
+    rl_updates: dict[str, int]
+    # The variant `--variant` defaults to.
+    default_variant: str
+
+
+BACKBONE_RECIPES: dict[str, BackboneRecipe] = {
+    # This package's small flow policy on the state (arm + cube position): the 20-minute default.
+    "flow_mlp": BackboneRecipe(
+        sft_policy_args=("--policy.type=pi_rl", "--policy.backbone.type=flow_mlp"),
+        rl_policy_args=(),
+        env_options={},
+        sft_steps=800,
+        sft_batch_size=64,
+        actor_lr={"flow_sde": 1e-5, "flow_noise": 3e-6},
+        # Flow-Noise keeps improving for longer, Flow-SDE plateaus earlier.
+        rl_updates={"flow_sde": 130, "flow_noise": 180},
+        # Flow-Noise reached 90 % more consistently here. The policy's own default stays Flow-SDE (cheaper for
+        # VLAs: one stochastic step per chain).
+        default_variant="flow_noise",
+    ),
+    # LeRobot's SmolVLA at debug size (random weights, every weight trained by SFT; PI-RL trains the action expert
+    # with the VLM frozen): instruction, a camera image and the state. The camera is `blank` (an all-zero frame,
+    # nothing rendered) and the cube position rides in the state: software rendering of a real camera costs 15-25 ms
+    # per step here, several times the physics (docs/measurements.md), which a 2-core run cannot afford.
+    "smolvla": BackboneRecipe(
+        sft_policy_args=(
+            "--policy.type=pi_rl",
+            "--policy.backbone.type=smolvla",
+            "--policy.backbone.debug_size=tiny",
+            "--policy.backbone.freeze_vlm=false",
+        ),
+        rl_policy_args=("--policy.backbone.freeze_vlm=true",),
+        env_options={"state_includes_cube": True, "camera": "blank", "camera_size": 32},
+        sft_steps=800,
+        sft_batch_size=64,
+        actor_lr={"flow_sde": 1e-5, "flow_noise": 3e-6},
+        rl_updates={"flow_sde": 130, "flow_noise": 180},
+        default_variant="flow_noise",
+    ),
+}
+BACKBONES = tuple(BACKBONE_RECIPES)
+
+
+def env_flags(options: dict[str, object], *, prefix: str) -> list[str]:
+    """PickCube options as CLI flags: `prefix="--env."` for `lerobot-pi-rl-train` (`--env.camera=blank`),
+    `prefix="--"` for the recording and evaluation scripts (`--camera blank`, a bare `--state_includes_cube`)."""
+    flags: list[str] = []
+    for name, value in options.items():
+        if prefix == "--env.":
+            flags.append(f"--env.{name}={str(value).lower() if isinstance(value, bool) else value}")
+        elif isinstance(value, bool):
+            flags += [f"--{name}"] if value else []
+        else:
+            flags += [f"--{name}", str(value)]
+    return flags
 
 
 @dataclass
 class DemoSettings:
     """The embedded default recipe: within 20 minutes on a 2-core CPU."""
 
-    # Flow-Noise by default: it reached 90 % more consistently here. The policy's own default stays Flow-SDE
-    # (cheaper for VLAs: one stochastic step per chain).
-    variant: str = "flow_noise"
+    # `flow_mlp` (the 20-minute default) or `smolvla` (LeRobot's SmolVLA at debug size); see `BACKBONE_RECIPES`.
+    backbone: str = "flow_mlp"
+    # None: the backbone recipe's default variant.
+    variant: str | None = None
     run_dir: Path = Path("outputs/demo")
     seed: int = 0
     # Demonstrations: few clean scripted episodes, so that SFT gives a partly competent policy RL can improve
     # (noisy ones did not teach the task).
     demo_episodes: int = 20
     demo_action_noise: float = 0.0
-    # SFT (lerobot-train).
-    sft_steps: int = 800
-    sft_batch_size: int = 64
+    # SFT (lerobot-train). None: the backbone recipe's.
+    sft_steps: int | None = None
+    sft_batch_size: int | None = None
     # Evaluation protocol (shared by SFT, RL and SAC).
     eval_episodes: int = 100
     eval_seed: int = 100_000
     # Evaluation processes (same episodes and seeds as one process; see `scripts/evaluate.py --workers`).
     eval_workers: int = 2
-    # PI-RL. The demo spends what the 20-minute budget leaves on updates. None: the variant's default
-    # (`RL_UPDATES`).
+    # PI-RL. None: the backbone recipe's number of updates for the variant.
     rl_updates: int | None = None
     rollout_chunks: int = 256
     n_envs: int = 4
     # Two actor processes keep both cores busy while the learner waits for a rollout.
     num_actors: int = 2
-    # None: the variant's default (`ACTOR_LR`).
+    # None: the backbone recipe's for the variant.
     actor_lr: float | None = None
     critic_lr: float = 1e-3
     update_epochs: int = 4
@@ -64,3 +133,19 @@ class DemoSettings:
     with_sac: bool = False
     commands: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONE_RECIPES:
+            raise ValueError(f"backbone={self.backbone!r} is not valid; allowed: {', '.join(BACKBONES)}")
+        recipe = BACKBONE_RECIPES[self.backbone]
+        self.variant = self.variant or recipe.default_variant
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant={self.variant!r} is not valid; allowed: {', '.join(VARIANTS)}")
+        self.sft_steps = self.sft_steps or recipe.sft_steps
+        self.sft_batch_size = self.sft_batch_size or recipe.sft_batch_size
+        self.rl_updates = self.rl_updates or recipe.rl_updates[self.variant]
+        self.actor_lr = self.actor_lr or recipe.actor_lr[self.variant]
+
+    @property
+    def recipe(self) -> BackboneRecipe:
+        return BACKBONE_RECIPES[self.backbone]

@@ -50,7 +50,8 @@ def save_stages(settings: DemoSettings) -> None:
     """Write the commands and stage wall times run so far to `<run_dir>/stages.json` (after every stage), so the
     report can be rebuilt (`--report_only`) when a later stage fails or is interrupted."""
     record = {
-        "variant": settings.variant, "advantage": settings.advantage, "seed": settings.seed,
+        "backbone": settings.backbone, "variant": settings.variant, "advantage": settings.advantage,
+        "seed": settings.seed,
         "eval_episodes": settings.eval_episodes,
         "eval_seed": settings.eval_seed, "eval_workers": settings.eval_workers, "commands": settings.commands,
         "timings_s": settings.timings,
@@ -65,7 +66,7 @@ def load_stages(run_dir: Path) -> DemoSettings:
         raise SystemExit(f"[demo] {path} not found: is {run_dir} a demo run directory?")
     record = json.loads(path.read_text())
     return DemoSettings(
-        variant=record["variant"], advantage=record.get("advantage", DemoSettings.advantage), run_dir=Path(run_dir),
+        backbone=record.get("backbone", DemoSettings.backbone), variant=record["variant"], advantage=record.get("advantage", DemoSettings.advantage), run_dir=Path(run_dir),
         seed=record["seed"], eval_episodes=record["eval_episodes"],
         eval_seed=record["eval_seed"], eval_workers=record.get("eval_workers", DemoSettings.eval_workers),
         commands=list(record["commands"]), timings=dict(record["timings_s"]),
@@ -128,6 +129,7 @@ def evaluate(settings: DemoSettings, name: str, policy_path: Path) -> dict:
             "--seed", str(settings.eval_seed),
             "--workers", str(settings.eval_workers),
             "--output", str(out),
+            *env_flags(settings.recipe.env_options, prefix="--"),
         ],
     )
     return json.loads(out.read_text())
