@@ -27,8 +27,9 @@ by default, and then the observations are exactly gym_hil's:
     `environment_state` is not emitted.
   * `camera`: a square `camera_size` RGB frame under `pixels/<name>`. `front` (the scene's front camera) and
     `wrist` (the hand camera `handcam_rgb`) are rendered by a renderer of this wrapper's own with the costly
-    effects off (no multisampling, shadows, reflections, skybox or haze): about 25 ms (front) and 15 ms (wrist)
-    per frame with osmesa, where gym_hil's renderer takes 270-330 ms. `blank` is an all-zero frame under the
+    effects off (no multisampling, shadows, reflections, skybox or haze): +26 ms (front) and +16 ms (wrist) per
+    step at 32 or 64 px with osmesa on 2 cores (`bench/bench_env.py`), where gym_hil's renderer (8x multisampling,
+    shadows) takes over 0.25 s per frame. `blank` is an all-zero frame under the
     name `front`, nothing rendered: the CPU-free stand-in for a camera that LeRobot's `empty_cameras` also feeds
     SmolVLA, for policies that refuse a batch without any image.
 
@@ -121,7 +122,7 @@ class PickCubeStateEnvConfig(EnvConfig):
     # policies that read only `observation.state` (SmolVLA, pi0).
     state_includes_cube: bool = False
     # Camera image `observation.images.<name>`: `none`; `front` (scene camera) or `wrist` (hand camera), rendered
-    # at camera_size x camera_size (+15-25 ms per step); `blank`: an all-zero frame named `front`, nothing
+    # at camera_size x camera_size (+16-26 ms per step); `blank`: an all-zero frame named `front`, nothing
     # rendered (a free stand-in for a camera, for policies that need at least one image, e.g. SmolVLA).
     camera: str = "none"
     # Side of the square camera frame in pixels (ignored with camera=none).
