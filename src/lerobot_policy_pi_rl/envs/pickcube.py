@@ -1,4 +1,4 @@
-"""State-only gym_hil PandaPickCube as a LeRobot `EnvConfig` (`--env.type=pi_rl_pickcube`).
+"""gym_hil PandaPickCube as a LeRobot `EnvConfig` (`--env.type=pi_rl_pickcube`): state-only by default.
 
 What gym_hil gives (`gymnasium.make("gym_hil/PandaPickCube-v0", image_obs=False, reset_delay_seconds=0)`):
   * `agent_pos` (18, float32): 7 joint positions, 7 joint velocities, gripper command in [0, 255]
@@ -21,11 +21,24 @@ What this module changes:
   * The arm controller runs through `opspace.FastOpspace` (`fast_controller`): gym_hil's arithmetic, bit for
     bit, at two thirds of the CPU per step.
 
+Observation options, for policies that read only `observation.state` and need an image (SmolVLA); both off
+by default, and then the observations are exactly gym_hil's:
+  * `state_includes_cube`: the cube xyz is appended to `agent_pos` (18 -> 21 dims, `CUBE_IN_STATE`) and
+    `environment_state` is not emitted.
+  * `camera`: a square `camera_size` RGB frame under `pixels/<name>`. `front` (the scene's front camera) and
+    `wrist` (the hand camera `handcam_rgb`) are rendered by a renderer of this wrapper's own with the costly
+    effects off (no multisampling, shadows, reflections, skybox or haze): +26 ms (front) and +16 ms (wrist) per
+    step at 32 or 64 px with osmesa on 2 cores (`bench/bench_env.py`), where gym_hil's renderer (8x multisampling,
+    shadows) takes over 0.25 s per frame. `blank` is an all-zero frame under the
+    name `front`, nothing rendered: the CPU-free stand-in for a camera that LeRobot's `empty_cameras` also feeds
+    SmolVLA, for policies that refuse a batch without any image.
+
 Two observation layouts:
-  * raw gym_hil keys (`agent_pos`, `environment_state`): what LeRobot's `make_env`/`lerobot-eval` expect
-    (`envs.utils.preprocess_observation` renames them);
-  * LeRobot keys (`observation.state`, `observation.environment_state`), numpy float32, unbatched:
-    `make_pickcube_env(..., lerobot_keys=True)` (the default), for this package's own loops.
+  * raw gym_hil keys (`agent_pos`, `environment_state`, `pixels: {<name>: (S, S, 3) uint8}`): what LeRobot's
+    `make_env`/`lerobot-eval` expect (`envs.utils.preprocess_observation` renames them);
+  * LeRobot keys (`observation.state`, `observation.environment_state`, `observation.images.<name>`), numpy,
+    unbatched: vectors float32, images float32 `(3, S, S)` in [0, 1] (what `preprocess_observation` makes of a
+    uint8 frame): `make_pickcube_env(..., lerobot_keys=True)` (the default), for this package's own loops.
 
 Even state-only, gym_hil builds a MuJoCo renderer: set `MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa` on a
 headless machine. gym_hil and MuJoCo are imported lazily, so importing this module is cheap.
@@ -43,7 +56,7 @@ import numpy as np
 
 from lerobot.configs import FeatureType, PolicyFeature
 from lerobot.envs.configs import EnvConfig
-from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_STATE
+from lerobot.utils.constants import ACTION, OBS_ENV_STATE, OBS_IMAGES, OBS_STATE
 
 from .opspace import install_fast_opspace
 
@@ -59,6 +72,8 @@ JOINT_POS = slice(0, 7)
 JOINT_VEL = slice(7, 14)
 GRIPPER = 14
 TCP_POS = slice(15, 18)
+# Where the cube xyz sits in the state when `state_includes_cube` is on (appended after gym_hil's 18 values).
+CUBE_IN_STATE = slice(AGENT_POS_DIM, AGENT_POS_DIM + CUBE_DIM)
 # `agent_pos[GRIPPER]` is the gripper actuator command in [0, GRIPPER_MAX]; GRIPPER_MAX means closed.
 GRIPPER_MAX = 255.0
 
@@ -71,11 +86,21 @@ EE_STEP_SIZE = 0.025
 
 DEFAULT_TASK_DESCRIPTION = "Pick up the cube and lift it."
 
+CAMERAS = ("none", "front", "wrist", "blank")
+# Image name (`pixels/<name>`, `observation.images.<name>`) of each camera choice; `blank` stands in for `front`.
+CAMERA_NAMES = {"front": "front", "wrist": "wrist", "blank": "front"}
+# The MJCF camera each rendered choice looks through.
+MJCF_CAMERAS = {"front": "front", "wrist": "handcam_rgb"}
+MIN_CAMERA_SIZE = 8
+
 
 @EnvConfig.register_subclass("pi_rl_pickcube")
 @dataclass
 class PickCubeStateEnvConfig(EnvConfig):
-    """State-only gym_hil PandaPickCube (no cameras; ~6 ms CPU per step here). CLI: `--env.type=pi_rl_pickcube`."""
+    """gym_hil PandaPickCube, state-only by default (~6 ms CPU per step here). CLI: `--env.type=pi_rl_pickcube`.
+
+    `features` / `features_map` follow from the observation options (`pickcube_features`); `__post_init__` sets them.
+    """
 
     # gym_hil task (the `gym_hil/<task>` id); only the state-only pick task is supported.
     task: str | None = "PandaPickCube-v0"
@@ -93,20 +118,17 @@ class PickCubeStateEnvConfig(EnvConfig):
     # Run gym_hil's operational-space controller through `envs.opspace.FastOpspace`: the same arithmetic with less
     # Python per physics substep, bit-identical trajectories, 1.5x faster env steps. False: gym_hil's own controller.
     fast_controller: bool = True
-    features: dict[str, PolicyFeature] = field(
-        default_factory=lambda: {
-            ACTION: PolicyFeature(type=FeatureType.ACTION, shape=(ACTION_DIM,)),
-            "agent_pos": PolicyFeature(type=FeatureType.STATE, shape=(AGENT_POS_DIM,)),
-            "environment_state": PolicyFeature(type=FeatureType.ENV, shape=(CUBE_DIM,)),
-        }
-    )
-    features_map: dict[str, str] = field(
-        default_factory=lambda: {
-            ACTION: ACTION,
-            "agent_pos": OBS_STATE,
-            "environment_state": OBS_ENV_STATE,
-        }
-    )
+    # Append the cube xyz to the state (`observation.state` 18 -> 21 dims) and emit no `environment_state`: for
+    # policies that read only `observation.state` (SmolVLA, pi0).
+    state_includes_cube: bool = False
+    # Camera image `observation.images.<name>`: `none`; `front` (scene camera) or `wrist` (hand camera), rendered
+    # at camera_size x camera_size (+16-26 ms per step); `blank`: an all-zero frame named `front`, nothing
+    # rendered (a free stand-in for a camera, for policies that need at least one image, e.g. SmolVLA).
+    camera: str = "none"
+    # Side of the square camera frame in pixels (ignored with camera=none).
+    camera_size: int = 32
+    features: dict[str, PolicyFeature] = field(default_factory=dict)
+    features_map: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.task not in GYM_HIL_TASKS:
@@ -115,6 +137,22 @@ class PickCubeStateEnvConfig(EnvConfig):
             raise ValueError(f"env.reward_type={self.reward_type!r} is not valid; allowed: {', '.join(REWARD_TYPES)}")
         if self.episode_length < 1:
             raise ValueError(f"env.episode_length={self.episode_length} must be >= 1")
+        if self.camera not in CAMERAS:
+            raise ValueError(f"env.camera={self.camera!r} is not valid; allowed: {', '.join(CAMERAS)}")
+        if isinstance(self.camera_size, bool) or not isinstance(self.camera_size, int) or (
+            self.camera_size < MIN_CAMERA_SIZE
+        ):
+            raise ValueError(f"env.camera_size={self.camera_size!r} must be an integer >= {MIN_CAMERA_SIZE}")
+        self.features, self.features_map = pickcube_features(self)
+
+    @property
+    def camera_name(self) -> str | None:
+        """Name of the image (`pixels/<name>`, `observation.images.<name>`); None without a camera."""
+        return CAMERA_NAMES.get(self.camera)
+
+    @property
+    def state_dim(self) -> int:
+        return AGENT_POS_DIM + (CUBE_DIM if self.state_includes_cube else 0)
 
     @property
     def gym_id(self) -> str:
@@ -138,8 +176,66 @@ class PickCubeStateEnvConfig(EnvConfig):
         return {self.type: {0: vec}}
 
 
+def pickcube_features(cfg: PickCubeStateEnvConfig) -> tuple[dict[str, PolicyFeature], dict[str, str]]:
+    """`(features, features_map)` of the raw observation keys that `cfg`'s options produce (LeRobot's `EnvConfig`
+    convention: images `pixels/<name>` with shape (H, W, C), mapped to `observation.images.<name>`)."""
+    features = {
+        ACTION: PolicyFeature(type=FeatureType.ACTION, shape=(ACTION_DIM,)),
+        "agent_pos": PolicyFeature(type=FeatureType.STATE, shape=(cfg.state_dim,)),
+    }
+    features_map = {ACTION: ACTION, "agent_pos": OBS_STATE}
+    if not cfg.state_includes_cube:
+        features["environment_state"] = PolicyFeature(type=FeatureType.ENV, shape=(CUBE_DIM,))
+        features_map["environment_state"] = OBS_ENV_STATE
+    if cfg.camera_name is not None:
+        key = f"pixels/{cfg.camera_name}"
+        features[key] = PolicyFeature(type=FeatureType.VISUAL, shape=(cfg.camera_size, cfg.camera_size, 3))
+        features_map[key] = f"{OBS_IMAGES}.{cfg.camera_name}"
+    return features, features_map
+
+
+def cube_position(observation: dict[str, np.ndarray]) -> np.ndarray:
+    """Cube xyz of a LeRobot-keyed observation in either layout (`environment_state`, or the state's tail)."""
+    if OBS_ENV_STATE in observation:
+        return observation[OBS_ENV_STATE]
+    state = observation[OBS_STATE]
+    if state.shape[-1] != AGENT_POS_DIM + CUBE_DIM:
+        raise ValueError(
+            f"observation has no {OBS_ENV_STATE!r} and its {OBS_STATE!r} has {state.shape[-1]} values, not "
+            f"{AGENT_POS_DIM + CUBE_DIM} (env.state_includes_cube=true): it carries no cube position"
+        )
+    return state[..., CUBE_IN_STATE]
+
+
+def make_camera_renderer(model, size: int, mjcf_camera: str):
+    """A `mujoco.Renderer` of `size` x `size` for one camera, without the effects that dominate osmesa's cost.
+
+    Multisampling and shadow maps are read from the model when the renderer's GL context is made, so they are
+    switched off on the (shared) model only for that moment; the other effects are flags of this renderer's scene.
+    gym_hil's own renderer (`render()`, lerobot-eval videos) keeps its settings.
+    """
+    import mujoco
+
+    if mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, mjcf_camera) < 0:
+        raise ValueError(f"the PickCube model has no camera named {mjcf_camera!r}")
+    vis = model.vis
+    saved = (vis.quality.offsamples, vis.quality.shadowsize, vis.global_.offwidth, vis.global_.offheight)
+    vis.quality.offsamples, vis.quality.shadowsize = 0, 0
+    # The offscreen buffer must hold the frame (gym_hil sizes it for its own 128 x 128 frames).
+    vis.global_.offwidth, vis.global_.offheight = max(size, saved[2]), max(size, saved[3])
+    try:
+        renderer = mujoco.Renderer(model, height=size, width=size)
+    finally:
+        vis.quality.offsamples, vis.quality.shadowsize, vis.global_.offwidth, vis.global_.offheight = saved
+    for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX,
+                 mujoco.mjtRndFlag.mjRND_HAZE):
+        renderer.scene.flags[flag] = False
+    return renderer
+
+
 class PickCubeStateEnv(gym.Wrapper):
-    """gym_hil PandaPickCube with seeded cube placement, `is_success`, clipped actions, a task description."""
+    """gym_hil PandaPickCube with seeded cube placement, `is_success`, clipped actions, a task description, and
+    the observation options of `PickCubeStateEnvConfig` (cube in the state, a camera)."""
 
     def __init__(self, env: gym.Env, cfg: PickCubeStateEnvConfig, seed: int | None = None):
         super().__init__(env)
@@ -147,6 +243,25 @@ class PickCubeStateEnv(gym.Wrapper):
         self.task_description = cfg.task_description
         self.task = cfg.task_description
         self._cube_rng = np.random.default_rng(seed)
+        self._camera_name = cfg.camera_name
+        self._frame_shape = (cfg.camera_size, cfg.camera_size, 3)
+        self._renderer = None
+        if cfg.camera in MJCF_CAMERAS:
+            self._mjcf_camera = MJCF_CAMERAS[cfg.camera]
+            self._renderer = make_camera_renderer(env.unwrapped.model, cfg.camera_size, self._mjcf_camera)
+        self.observation_space = self._configured_space(env.observation_space)
+
+    def _configured_space(self, space: gym.spaces.Dict) -> gym.spaces.Dict:
+        spaces = dict(space.spaces)
+        if self.cfg.state_includes_cube:
+            state, cube = spaces["agent_pos"], spaces.pop("environment_state")
+            spaces["agent_pos"] = gym.spaces.Box(
+                np.concatenate([state.low, cube.low]), np.concatenate([state.high, cube.high]), dtype=np.float32
+            )
+        if self._camera_name is not None:
+            frame = gym.spaces.Box(0, 255, self._frame_shape, dtype=np.uint8)
+            spaces["pixels"] = gym.spaces.Dict({self._camera_name: frame})
+        return gym.spaces.Dict(spaces)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         if seed is not None:
@@ -155,13 +270,34 @@ class PickCubeStateEnv(gym.Wrapper):
         if self.cfg.randomize_cube:
             obs = self._place_cube(obs)
         info = dict(info, is_success=False, succeed=False)
-        return obs, info
+        return self._observation(obs), info
 
     def step(self, action):
         action = np.clip(np.asarray(action, dtype=np.float32), self.action_space.low, self.action_space.high)
         obs, reward, terminated, truncated, info = self.env.step(action)
         info = dict(info, is_success=bool(info.get("succeed", False)))
-        return obs, float(reward), bool(terminated), bool(truncated), info
+        return self._observation(obs), float(reward), bool(terminated), bool(truncated), info
+
+    def _observation(self, obs: dict[str, np.ndarray]) -> dict[str, Any]:
+        """gym_hil's state-only observation -> the configured layout (unchanged with the options off)."""
+        if self.cfg.state_includes_cube:
+            obs = dict(obs)
+            obs["agent_pos"] = np.concatenate([obs["agent_pos"], obs.pop("environment_state")]).astype(np.float32)
+        if self._camera_name is not None:
+            obs = dict(obs, pixels={self._camera_name: self._frame()})
+        return obs
+
+    def _frame(self) -> np.ndarray:
+        if self._renderer is None:  # blank
+            return np.zeros(self._frame_shape, dtype=np.uint8)
+        self._renderer.update_scene(self.env.unwrapped.data, camera=self._mjcf_camera)
+        return self._renderer.render()
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+        super().close()
 
     def render(self) -> np.ndarray:
         """The front camera, `(128, 128, 3)` uint8 (gym_hil renders front and wrist; LeRobot's video wants one)."""
@@ -181,17 +317,29 @@ class PickCubeStateEnv(gym.Wrapper):
 
 
 class LeRobotKeysWrapper(gym.ObservationWrapper):
-    """Rename raw gym_hil observation keys to LeRobot keys (`cfg.features_map`); values stay numpy float32."""
+    """Rename raw gym_hil observation keys to LeRobot keys (`cfg.features_map`, images `pixels/<name>`).
+
+    Vectors stay numpy float32; uint8 `(H, W, 3)` frames become float32 `(3, H, W)` in [0, 1], as LeRobot's
+    `preprocess_observation` converts them (without its batch dimension).
+    """
 
     def __init__(self, env: gym.Env, features_map: dict[str, str]):
         super().__init__(env)
-        self._rename = {k: v for k, v in features_map.items() if k in env.observation_space.spaces}
-        self.observation_space = gym.spaces.Dict(
-            {self._rename.get(k, k): space for k, space in env.observation_space.spaces.items()}
-        )
+        raw = dict(env.observation_space.spaces)
+        frames = raw.pop("pixels").spaces if "pixels" in raw else {}
+        self._rename = {k: v for k, v in features_map.items() if k in raw}
+        self._image_keys = {name: features_map.get(f"pixels/{name}", f"{OBS_IMAGES}.{name}") for name in frames}
+        spaces = {self._rename.get(k, k): space for k, space in raw.items()}
+        for name, frame in frames.items():
+            h, w, c = frame.shape
+            spaces[self._image_keys[name]] = gym.spaces.Box(0.0, 1.0, (c, h, w), dtype=np.float32)
+        self.observation_space = gym.spaces.Dict(spaces)
 
-    def observation(self, observation: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {self._rename.get(k, k): np.asarray(v, dtype=np.float32) for k, v in observation.items()}
+    def observation(self, observation: dict[str, Any]) -> dict[str, np.ndarray]:
+        out = {self._rename.get(k, k): np.asarray(v, dtype=np.float32) for k, v in observation.items() if k != "pixels"}
+        for name, frame in observation.get("pixels", {}).items():
+            out[self._image_keys[name]] = np.ascontiguousarray(frame.transpose(2, 0, 1), dtype=np.float32) / 255.0
+        return out
 
 
 def make_pickcube_env(
@@ -200,10 +348,10 @@ def make_pickcube_env(
     *,
     lerobot_keys: bool = True,
 ) -> gym.Env:
-    """One state-only PickCube env. `seed` seeds the cube placement until `reset(seed=...)` re-seeds it.
+    """One PickCube env. `seed` seeds the cube placement until `reset(seed=...)` re-seeds it.
 
-    `lerobot_keys=True`: observations `{observation.state: (18,), observation.environment_state: (3,)}`;
-    False: gym_hil's `{agent_pos, environment_state}`.
+    `lerobot_keys=True`: observations `{observation.state: (18,), observation.environment_state: (3,)}` by default;
+    False: gym_hil's `{agent_pos, environment_state}`. The options of `cfg` change them (module docstring).
     """
     import gym_hil  # noqa: F401  (registers the gym_hil/* ids)
 

@@ -20,9 +20,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from lerobot.utils.constants import OBS_ENV_STATE, OBS_STATE
+from lerobot.utils.constants import OBS_STATE
 
-from .pickcube import EE_STEP_SIZE, GRIPPER, GRIPPER_CLOSE, GRIPPER_HOLD, GRIPPER_MAX, GRIPPER_OPEN, TCP_POS
+from .pickcube import (
+    EE_STEP_SIZE, GRIPPER, GRIPPER_CLOSE, GRIPPER_HOLD, GRIPPER_MAX, GRIPPER_OPEN, TCP_POS, cube_position,
+)
 
 ACTION_LOW = np.array([-1.0, -1.0, -1.0, 0.0], dtype=np.float32)
 ACTION_HIGH = np.array([1.0, 1.0, 1.0, 2.0], dtype=np.float32)
@@ -95,7 +97,7 @@ class ScriptedPickController:
 
     def __call__(self, observation: dict[str, np.ndarray]) -> np.ndarray:
         """Action (4,) for an unbatched LeRobot-keyed observation, with the configured imperfection."""
-        action = self.clean_action(observation[OBS_STATE], observation[OBS_ENV_STATE])
+        action = self.clean_action(observation[OBS_STATE], cube_position(observation))
         if self.epsilon > 0 and self._rng.random() < self.epsilon:
             action = self._rng.uniform(ACTION_LOW, ACTION_HIGH).astype(np.float32)
         elif self.action_noise > 0:

@@ -3,7 +3,8 @@
 A chunk ends early at a done, and envs of one actor finish chunks at different steps, so the actor steps envs
 individually (never a lock-stepped vector env, whose autoreset would run the rest of an old chunk in a new
 episode). Three sources:
-  * `pi_rl_pickcube`: this package's state-only PickCube (`make_pickcube_env`);
+  * `pi_rl_pickcube`: this package's PickCube (`make_pickcube_env`, LeRobot keys; a camera image arrives as float
+    `(3, S, S)` in [0, 1], as LeRobot's `preprocess_observation` makes it);
   * any other LeRobot `EnvConfig` sim: `lerobot.envs.make_env(cfg, n_envs)`, which returns one SyncVectorEnv per
     `(suite, task_id)` (a multi-task suite such as `libero_spatial` or `push-v3,drawer-open-v3` gives several);
     the actor's `n_envs` are spread evenly over all of them and their sub-envs are stepped one by one,

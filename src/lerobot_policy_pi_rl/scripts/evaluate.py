@@ -2,7 +2,7 @@
 
     python -m lerobot_policy_pi_rl.scripts.evaluate \\
         --policy_path outputs/train/checkpoints/last/pretrained_model --num_episodes 100 --seed 1000 \\
-        --output eval.json
+        --output eval.json [--state_includes_cube] [--camera blank --camera_size 32]
 
 Episode i runs on env seed `seed + i`. The policy acts through its saved processors with deterministic ODE
 sampling (`select_action`, `stochastic_inference` forced off); `policy.reset()` runs at every episode start.
@@ -10,6 +10,9 @@ Episodes run in waves of `--num_envs` envs stepped side by side (one batched pol
 initial flow noise is seeded per wave from the wave's first episode seed, so results are reproducible for a
 given (`--seed`, `--num_envs`). `--workers N` splits the waves over N processes (one policy copy and one torch
 thread each): the same episodes and the same per-wave seeds, so the same results as one process, sooner.
+
+The env's observation options (`--state_includes_cube`, `--camera`, `--camera_size`) must be the ones the policy
+was trained with; a policy whose input features the env does not produce is refused before any episode runs.
 
 Success definition (the only one used): an episode is a success if the env's task success flag
 (`info["is_success"]`, gym_hil's `succeed`: the cube lifted 0.1 m) is true at any step of the episode.
@@ -21,16 +24,17 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from lerobot.utils.constants import OBS_ENV_STATE, OBS_STATE
+from lerobot.configs import FeatureType
+from lerobot.utils.constants import OBS_STATE
 
-from ..envs.pickcube import TCP_POS, PickCubeStateEnvConfig, make_pickcube_env
+from ..envs.pickcube import CAMERAS, TCP_POS, PickCubeStateEnvConfig, cube_position, make_pickcube_env
 
 SUCCESS_DEFINITION = (
     "an episode is a success if the env's task success flag (info['is_success'], gym_hil 'succeed': cube lifted "
@@ -75,6 +79,28 @@ def load_policy(policy_path: str | Path, device: str | None = None):
     return policy, preprocessor, postprocessor
 
 
+def check_policy_matches_env(policy_config, env_cfg: PickCubeStateEnvConfig) -> None:
+    """Raise a ValueError naming the env options when the env does not produce the policy's inputs: every state
+    feature with its shape, and the policy's images (those the env produces with their shape; at least one of
+    them, as extra cameras a VLA fills in itself need not come from the env)."""
+    from lerobot.envs import env_to_policy_features
+
+    produced = {k: tuple(ft.shape) for k, ft in env_to_policy_features(env_cfg).items()}
+    options = (f"env: state_includes_cube={env_cfg.state_includes_cube}, camera={env_cfg.camera!r}, "
+               f"camera_size={env_cfg.camera_size}, observations {produced}")
+    inputs = policy_config.input_features or {}
+    images = [k for k, ft in inputs.items() if ft.type is FeatureType.VISUAL]
+    for key, ft in inputs.items():
+        if ft.type is FeatureType.VISUAL and key not in produced:
+            continue
+        if produced.get(key) != tuple(ft.shape):
+            raise ValueError(f"the policy reads {key} of shape {tuple(ft.shape)}, which this env does not produce "
+                             f"({options}); pass the env options the policy was trained with")
+    if images and not any(k in produced for k in images):
+        raise ValueError(f"the policy reads images {images} and this env produces none ({options}); pass "
+                         "--camera (and --camera_size) as in the policy's training data")
+
+
 def _batch_observations(observations: list[dict[str, np.ndarray]], task: str) -> dict[str, Any]:
     batch: dict[str, Any] = {
         key: torch.from_numpy(np.stack([obs[key] for obs in observations])).float() for key in observations[0]
@@ -101,6 +127,7 @@ def evaluate_policy(
     if num_envs < 1:
         raise ValueError(f"num_envs={num_envs} must be >= 1")
     env_cfg = env_cfg or PickCubeStateEnvConfig()
+    check_policy_matches_env(policy.config, env_cfg)
     num_envs = min(num_envs, num_episodes)
     envs = [make_pickcube_env(env_cfg) for _ in range(num_envs)]
     # pi_rl: deterministic ODE sampling. Other policies act through their own `select_action` (gaussian_actor
@@ -197,7 +224,7 @@ def _run_wave(policy, preprocessor, postprocessor, envs, seeds, env_cfg) -> list
 def _gripper_cube_distance(observation: dict[str, np.ndarray]) -> float:
     """Distance (m) between the TCP and the cube at the episode's end: how far a failed episode got."""
     tcp = np.asarray(observation[OBS_STATE])[TCP_POS]
-    cube = np.asarray(observation[OBS_ENV_STATE])
+    cube = np.asarray(cube_position(observation))
     return round(float(np.linalg.norm(tcp - cube)), 4)
 
 
@@ -215,6 +242,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--fixed_cube", action="store_true", help="gym_hil's fixed cube at (0.5, 0) instead of a seeded random one"
     )
+    parser.add_argument(
+        "--state_includes_cube", action="store_true",
+        help="the env's state carries the cube xyz (as in data recorded with --state_includes_cube)",
+    )
+    parser.add_argument("--camera", default="none", choices=CAMERAS, help="the env's camera image (as recorded)")
+    parser.add_argument("--camera_size", type=int, default=32, help="side of the square camera frame (pixels)")
     parser.add_argument(
         "--workers", type=int, default=1,
         help="processes the waves are split over (same episodes and seeds, same results; one torch thread each)",
@@ -256,7 +289,9 @@ def evaluate_in_workers(args: argparse.Namespace, env_cfg: PickCubeStateEnvConfi
     from concurrent.futures import ProcessPoolExecutor
 
     ranges = split_waves(args.num_episodes, min(args.num_envs, args.num_episodes), args.workers)
-    env_kwargs = {"episode_length": env_cfg.episode_length, "randomize_cube": env_cfg.randomize_cube}
+    # Every option; the features follow from them in the worker's `PickCubeStateEnvConfig.__post_init__`.
+    env_kwargs = {f.name: getattr(env_cfg, f.name) for f in fields(env_cfg)
+                  if f.name not in ("features", "features_map")}
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=len(ranges), mp_context=mp.get_context("forkserver")) as pool:
         futures = [
@@ -276,7 +311,10 @@ def evaluate_in_workers(args: argparse.Namespace, env_cfg: PickCubeStateEnvConfi
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse `argv`, run, and return the JSON-able result."""
     args = parse_args(argv)
-    env_cfg = PickCubeStateEnvConfig(episode_length=args.episode_length, randomize_cube=not args.fixed_cube)
+    env_cfg = PickCubeStateEnvConfig(
+        episode_length=args.episode_length, randomize_cube=not args.fixed_cube,
+        state_includes_cube=args.state_includes_cube, camera=args.camera, camera_size=args.camera_size,
+    )
     if args.workers == 1:
         policy, preprocessor, postprocessor = load_policy(args.policy_path, device=args.device)
         policy_type = policy.config.type

@@ -1,7 +1,11 @@
 """Record scripted PickCube demonstrations as a local LeRobotDataset (v3, no videos).
 
     python -m lerobot_policy_pi_rl.scripts.record_demos --output_dir data/pickcube --num_episodes 50 \\
-        --action_noise 0.3 --seed 0
+        --action_noise 0.3 --seed 0 [--state_includes_cube] [--camera front --camera_size 32]
+
+The env's observation options (`--state_includes_cube`, `--camera`, `--camera_size`; see `envs/pickcube.py`) shape
+the dataset: the state gets `cube_x/y/z` appended instead of an `observation.environment_state` feature, and a
+camera adds `observation.images.<name>` (dtype `image`: PNG frames, no video decoding at training time).
 
 Episode i is rolled out on env seed `seed + i` (the cube position) with controller noise seeded from it, so a
 dataset is reproducible from its arguments. Each frame holds the observation the action was taken from, the
@@ -22,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from lerobot.utils.constants import ACTION, DONE, OBS_ENV_STATE, OBS_STATE, REWARD
+from lerobot.utils.constants import ACTION, DONE, OBS_ENV_STATE, OBS_IMAGES, OBS_STATE, REWARD
 
-from ..envs.pickcube import AGENT_POS_DIM, CUBE_DIM, PickCubeStateEnvConfig, make_pickcube_env
+from ..envs.pickcube import AGENT_POS_DIM, CAMERAS, CUBE_DIM, PickCubeStateEnvConfig, make_pickcube_env
 from ..envs.scripted import ScriptedPickController, run_scripted_episode
 
 SUCCESS = "next.success"
@@ -34,20 +38,50 @@ STATE_NAMES = (
     + [f"joint{i}_vel" for i in range(1, 8)]
     + ["gripper_command", "tcp_x", "tcp_y", "tcp_z"]
 )
+CUBE_NAMES = ["cube_x", "cube_y", "cube_z"]
 ACTION_NAMES = ["delta_x", "delta_y", "delta_z", "gripper"]
 
 
-def dataset_features() -> dict[str, dict[str, Any]]:
-    """LeRobotDataset features of a PickCube demo (state-only: no image or video keys)."""
-    assert len(STATE_NAMES) == AGENT_POS_DIM
-    return {
-        OBS_STATE: {"dtype": "float32", "shape": (AGENT_POS_DIM,), "names": STATE_NAMES},
-        OBS_ENV_STATE: {"dtype": "float32", "shape": (CUBE_DIM,), "names": ["cube_x", "cube_y", "cube_z"]},
+def dataset_features(env_cfg: PickCubeStateEnvConfig | None = None) -> dict[str, dict[str, Any]]:
+    """LeRobotDataset features of a PickCube demo recorded with `env_cfg`'s observation options (default:
+    state-only, no image keys). Images are stored as `image` (PNG) features, never videos."""
+    env_cfg = env_cfg or PickCubeStateEnvConfig()
+    assert len(STATE_NAMES) == AGENT_POS_DIM and len(CUBE_NAMES) == CUBE_DIM
+    features: dict[str, dict[str, Any]] = {}
+    if env_cfg.state_includes_cube:
+        features[OBS_STATE] = {"dtype": "float32", "shape": (env_cfg.state_dim,), "names": STATE_NAMES + CUBE_NAMES}
+    else:
+        features[OBS_STATE] = {"dtype": "float32", "shape": (AGENT_POS_DIM,), "names": STATE_NAMES}
+        features[OBS_ENV_STATE] = {"dtype": "float32", "shape": (CUBE_DIM,), "names": CUBE_NAMES}
+    if env_cfg.camera_name is not None:
+        size = env_cfg.camera_size
+        features[f"{OBS_IMAGES}.{env_cfg.camera_name}"] = {
+            "dtype": "image", "shape": (size, size, 3), "names": ["height", "width", "channels"],
+        }
+    features.update({
         ACTION: {"dtype": "float32", "shape": (len(ACTION_NAMES),), "names": ACTION_NAMES},
         REWARD: {"dtype": "float32", "shape": (1,), "names": None},
         DONE: {"dtype": "bool", "shape": (1,), "names": None},
         SUCCESS: {"dtype": "bool", "shape": (1,), "names": None},
-    }
+    })
+    return features
+
+
+def _frame_observation(obs: dict[str, np.ndarray], features: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:
+    """The dataset's observation values from a LeRobot-keyed env observation.
+
+    Images come from the env as float32 `(3, H, W)` in [0, 1] (exactly `uint8 / 255`); they are stored as the
+    uint8 `(H, W, 3)` frames they were made from (rounding undoes the division exactly).
+    """
+    values = {}
+    for key, feature in features.items():
+        if not key.startswith("observation."):
+            continue
+        if feature["dtype"] == "image":
+            values[key] = np.round(np.asarray(obs[key]).transpose(1, 2, 0) * 255.0).astype(np.uint8)
+        else:
+            values[key] = np.asarray(obs[key], dtype=np.float32)
+    return values
 
 
 def record_demos(
@@ -77,11 +111,12 @@ def record_demos(
     env_cfg = env_cfg or PickCubeStateEnvConfig()
     max_attempts = max_attempts or (10 * num_episodes if success_only else num_episodes)
 
+    features = dataset_features(env_cfg)
     dataset = LeRobotDataset.create(
         repo_id=repo_id,
         root=output_dir,
         fps=env_cfg.fps,
-        features=dataset_features(),
+        features=features,
         robot_type="panda",
         use_videos=False,
     )
@@ -98,8 +133,7 @@ def record_demos(
             def on_step(obs, action, reward, terminated, truncated, info, frames=frames):
                 frames.append(
                     {
-                        OBS_STATE: np.asarray(obs[OBS_STATE], dtype=np.float32),
-                        OBS_ENV_STATE: np.asarray(obs[OBS_ENV_STATE], dtype=np.float32),
+                        **_frame_observation(obs, features),
                         ACTION: np.asarray(action, dtype=np.float32),
                         REWARD: np.array([reward], dtype=np.float32),
                         DONE: np.array([terminated or truncated], dtype=bool),
@@ -155,7 +189,7 @@ def record_demos(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Record scripted PickCube demonstrations as a local LeRobotDataset (v3, state-only).",
+        description="Record scripted PickCube demonstrations as a local LeRobotDataset (v3, no videos).",
     )
     parser.add_argument("--output_dir", required=True, help="dataset root to create (must not exist)")
     parser.add_argument("--num_episodes", type=int, required=True, help="episodes to write")
@@ -171,13 +205,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fixed_cube", action="store_true", help="gym_hil's fixed cube at (0.5, 0) instead of a seeded random one"
     )
     parser.add_argument("--task", default=None, help="task string stored with every frame")
+    parser.add_argument(
+        "--state_includes_cube", action="store_true",
+        help="append the cube xyz to observation.state (21 dims) instead of an observation.environment_state",
+    )
+    parser.add_argument(
+        "--camera", default="none", choices=CAMERAS,
+        help="camera image observation.images.<name>: front / wrist (rendered), blank (all-zero frame named front)",
+    )
+    parser.add_argument("--camera_size", type=int, default=32, help="side of the square camera frame (pixels)")
     return parser.parse_args(argv)
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse `argv`, run, and return the JSON-able result."""
     args = parse_args(argv)
-    env_cfg = PickCubeStateEnvConfig(episode_length=args.episode_length, randomize_cube=not args.fixed_cube)
+    env_cfg = PickCubeStateEnvConfig(
+        episode_length=args.episode_length, randomize_cube=not args.fixed_cube,
+        state_includes_cube=args.state_includes_cube, camera=args.camera, camera_size=args.camera_size,
+    )
     if args.task:
         env_cfg.task_description = args.task
     report = record_demos(
