@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from ..runtime.console import console_level
-from .settings import DemoSettings
+from .settings import DemoSettings, env_flags
 
 STAGES_FILE = "stages.json"
 
