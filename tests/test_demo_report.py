@@ -226,3 +226,49 @@ def test_recording_runs_without_dataset_progress_bars_below_debug(tmp_path, monk
     flags = {name: env.get("HF_DATASETS_DISABLE_PROGRESS_BARS") for name, env in envs.items()}
     assert flags.pop("record demonstrations") == ("1" if bars_off else None)
     assert set(flags.values()) == {None}, flags
+
+
+def test_smolvla_recipe_gives_every_stage_the_same_env_options_and_its_commands_parse(tmp_path, monkeypatch):
+    """`--backbone smolvla`: the recording, SFT, PI-RL and evaluation stages all see the cube in the state and a blank
+    camera; SFT builds the debug SmolVLA with every weight trainable, PI-RL freezes its VLM; both configs parse."""
+    from lerobot_policy_pi_rl.runtime.cli import load_config
+
+    commands = {}
+    monkeypatch.setattr(pipeline, "run_stage", lambda settings, name, argv, env=None: commands.update({name: argv}))
+    monkeypatch.setattr(stages, "run_stage", lambda settings, name, argv, env=None: commands.update({name: argv}))
+    settings = pipeline.parse_args(["--backbone", "smolvla", "--run_dir", str(tmp_path / "run")])
+    settings.run_dir.mkdir()
+    (settings.run_dir / "eval_sft.json").write_text("{}")  # what the evaluation command would write
+    assert (settings.variant, settings.sft_steps) == ("flow_noise", 400)
+    assert settings.run_dir.name == "run" and pipeline.run_name(settings) == "smolvla_flow_noise"
+    pipeline.record(settings)
+    pipeline.sft(settings, tmp_path / "demos")
+    pipeline.pi_rl(settings, tmp_path / "sft")
+    stages.evaluate(settings, "sft", tmp_path / "sft")
+    record, sft, rl, evaluate = (commands[name] for name in (
+        "record demonstrations", "SFT (lerobot-train)", "PI-RL (lerobot-pi-rl-train: learner + actors over gRPC)",
+        "evaluate sft"))
+    script_flags = ["--state_includes_cube", "--camera", "blank", "--camera_size", "32"]
+    for argv in (record, evaluate):
+        assert argv[-len(script_flags):] == script_flags
+    assert {"--env.state_includes_cube=true", "--env.camera=blank", "--env.camera_size=32"} <= set(rl)
+    assert {"--policy.backbone.type=smolvla", "--policy.backbone.debug_size=tiny",
+            "--policy.backbone.freeze_vlm=false", "--steps=400"} <= set(sft)
+    assert "--policy.backbone.freeze_vlm=true" in rl
+    cfg = load_config([a for a in rl[1:] if not a.startswith("--policy.path")] + ["--policy.type=pi_rl",
+                                                                                  "--policy.backbone.type=smolvla"])
+    assert (cfg.env.camera, cfg.env.state_includes_cube, cfg.policy.backbone.freeze_vlm) == ("blank", True, True)
+
+
+def test_env_flags_for_the_scripts_and_for_lerobot_pi_rl_train():
+    from lerobot_policy_pi_rl.demo.settings import env_flags
+
+    options = {"state_includes_cube": True, "camera": "front", "camera_size": 64}
+    assert env_flags(options, prefix="--") == ["--state_includes_cube", "--camera", "front", "--camera_size", "64"]
+    assert env_flags({**options, "randomize_cube": False}, prefix="--env.") == [
+        "--env.state_includes_cube=true", "--env.camera=front", "--env.camera_size=64", "--env.randomize_cube=false"]
+    # The scripts' boolean options are switches that turn something on: there is no flag for false.
+    with pytest.raises(ValueError, match="randomize_cube=False"):
+        env_flags({"randomize_cube": False}, prefix="--")
+    with pytest.raises(ValueError, match="backbone='pi0'"):
+        DemoSettings(backbone="pi0")

@@ -82,7 +82,10 @@ def env_flags(options: dict[str, object], *, prefix: str) -> list[str]:
         if prefix == "--env.":
             flags.append(f"--env.{name}={str(value).lower() if isinstance(value, bool) else value}")
         elif isinstance(value, bool):
-            flags += [f"--{name}"] if value else []
+            if not value:
+                raise ValueError(f"env option {name}=False has no flag in the recording/evaluation scripts "
+                                 "(their boolean flags switch an option on)")
+            flags.append(f"--{name}")
         else:
             flags += [f"--{name}", str(value)]
     return flags
