@@ -154,7 +154,7 @@ def parse_args(argv: list[str] | None = None) -> DemoSettings:
     p.add_argument("--variant", choices=VARIANTS, default=os.environ.get("VARIANT") or None,
                    help="default per backbone: " + ", ".join(f"{k} {r.default_variant}"
                                                              for k, r in BACKBONE_RECIPES.items()))
-    p.add_argument("--run_dir", type=Path, default=None, help="default: outputs/demo_<variant>_<timestamp>")
+    p.add_argument("--run_dir", type=Path, default=None, help="default: outputs/demo_<variant>_<timestamp> (demo_smolvla_<variant>_<timestamp> for --backbone smolvla)")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
     p.add_argument("--with_sac", action="store_true", help="also run LeRobot's SAC baseline")
     p.add_argument("--advantage", choices=ADVANTAGES, default=defaults.advantage,
