@@ -124,3 +124,48 @@ def test_wilson_interval_matches_hand_computation():
     assert evaluate.wilson_interval(20, 20)[1] == pytest.approx(1.0)
     # 0/3: upper bound z^2 / (n + z^2) = 3.8415 / 6.8415.
     assert evaluate.wilson_interval(0, 3)[1] == pytest.approx(0.56149, abs=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The env of the scripts: --env.<field> flags and the PickCube shorthands
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_env_flags_and_pickcube_shorthands_give_the_same_config():
+    from lerobot_policy_pi_rl.envs.metaworld import MetaWorldStateEnvConfig
+    from lerobot_policy_pi_rl.envs.pickcube import PickCubeStateEnvConfig
+    from lerobot_policy_pi_rl.scripts.env_args import normalize_env_flags, parse_env_config
+
+    expected = PickCubeStateEnvConfig(episode_length=30, randomize_cube=False, state_includes_cube=True,
+                                      camera="blank", camera_size=16, task_description="Lift it.")
+    shorthands = {"episode_length": 30, "fixed_cube": True, "state_includes_cube": True, "camera": "blank",
+                  "camera_size": 16, "task": "Lift it."}
+    assert parse_env_config([], shorthands) == expected
+    flags = normalize_env_flags(["--env.type=pi_rl_pickcube", "--env.episode_length", "30", "--env.randomize_cube=false",
+                                 "--env.state_includes_cube=true", "--env.camera=blank", "--env.camera_size=16",
+                                 "--env.task_description=Lift it."])
+    assert parse_env_config(flags) == expected
+    assert parse_env_config([], {"camera": None, "fixed_cube": None}) == PickCubeStateEnvConfig()
+    assert parse_env_config(["--env.type=pi_rl_metaworld", "--env.task=mt10", "--env.task_one_hot=true"]) == (
+        MetaWorldStateEnvConfig(task="mt10", task_one_hot=True))
+
+
+@pytest.mark.parametrize(
+    ("tokens", "shorthands", "message"),
+    [
+        (["--env.type=nope"], None, "--env.type='nope' is not a registered LeRobot env type; known: .*pi_rl_metaworld"),
+        (["--env.camerra=front"], None, "--env.camerra: env type pi_rl_pickcube has no such field; its fields: camera,"),
+        (["--env.type=pi_rl_metaworld", "--env.episode_length=abc"], None, "episode_length=abc.*invalid literal"),
+        (["--env.type=pi_rl_metaworld", "--env.episode_length=600"], None, "episode_length=600 must be"),
+        (["--env.camera=front"], {"camera": "blank"}, "--camera and --env.camera both set env.camera"),
+        (["--env.type=pi_rl_metaworld"], {"episode_length": 9}, "--episode_length: PickCube shorthand"),
+        (["--env.camera=front", "--env.camera=blank"], None, "--env.camera is given twice"),
+        (["--camera_typo", "x"], None, "unrecognized argument '--camera_typo'"),
+        (["--env.camera"], None, "--env.camera needs a value"),
+    ],
+)
+def test_env_flags_refuse_bad_input_naming_it(tokens, shorthands, message):
+    from lerobot_policy_pi_rl.scripts.env_args import normalize_env_flags, parse_env_config
+
+    with pytest.raises(ValueError, match=message):
+        parse_env_config(normalize_env_flags(tokens), shorthands)

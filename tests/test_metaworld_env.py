@@ -302,3 +302,81 @@ def test_actor_streams_run_both_tasks_with_their_instructions():
     finally:
         for s in streams:
             s.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scripted demonstrations
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_record_demos_writes_every_task_into_one_dataset(tmp_path):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from lerobot_policy_pi_rl.scripts import record_demos
+
+    root = tmp_path / "demos"
+    report = record_demos.run([
+        "--env.type=pi_rl_metaworld", f"--env.task={TWO_TASKS}", "--output_dir", str(root), "--num_episodes", "2",
+        "--env.episode_length=60", "--seed", "3", "--action_noise", "0.1",
+    ])  # fmt: skip
+    assert report["tasks"] == ["push-v3", "drawer-open-v3"] and report["num_episodes"] == 4
+    assert [(e["task"], e["seed"]) for e in report["episodes"]] == [
+        ("push-v3", 3), ("push-v3", 4), ("drawer-open-v3", 3), ("drawer-open-v3", 4)]
+    assert report["per_task"]["drawer-open-v3"]["instruction"] == "Open a drawer"
+    assert all(report["per_task"][t]["num_episodes"] == 2 for t in report["tasks"])
+    assert report["env"]["type"] == "pi_rl_metaworld" and report["env"]["episode_length"] == 60
+
+    dataset = LeRobotDataset("local/metaworld", root=root)
+    assert dataset.num_episodes == 4 and dataset.fps == 80
+    assert dataset.num_frames == report["num_frames"] == sum(e["steps"] for e in report["episodes"])
+    features = dataset.meta.features
+    assert tuple(features[OBS_STATE]["shape"]) == (39,) and features[OBS_STATE]["names"] == STATE_NAMES
+    assert tuple(features[ACTION]["shape"]) == (4,)
+    assert {"next.reward", "next.done", "next.success"} <= set(features)
+    # Each episode carries its task's instruction; every episode ends with a done frame.
+    episode = np.asarray(dataset.hf_dataset["episode_index"]).reshape(-1)
+    starts = [int(np.flatnonzero(episode == i)[0]) for i in range(4)]
+    assert [dataset[i]["task"] for i in starts] == [task_description("push-v3")] * 2 + ["Open a drawer"] * 2
+    assert int(np.asarray(dataset.hf_dataset["next.done"]).sum()) == 4
+    successes = sum(e["success"] for e in report["episodes"])
+    assert int(np.asarray(dataset.hf_dataset["next.success"]).sum()) == successes
+
+    # The first frame is the env's seeded first observation and the expert's action plus the episode's noise.
+    env = _env("push-v3", episode_length=60)
+    try:
+        obs, _ = env.reset(seed=3)
+        noise = np.random.default_rng((3, 1)).normal(0.0, 0.1, size=4)
+        frame = dataset[0]
+        np.testing.assert_array_equal(frame[OBS_STATE].numpy(), obs["agent_pos"])
+        np.testing.assert_allclose(frame[ACTION].numpy(), np.clip(env.expert_action() + noise, -1, 1), atol=1e-6)
+    finally:
+        env.close()
+
+
+def test_record_demos_with_the_one_hot_and_success_only(tmp_path):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from lerobot_policy_pi_rl.scripts import record_demos
+
+    root = tmp_path / "demos"
+    report = record_demos.run([
+        "--env.type", "pi_rl_metaworld", "--env.task", "push-v3", "--env.task_one_hot=true", "--output_dir",
+        str(root), "--num_episodes", "1", "--success_only", "--repo_id", "local/mw_push",
+    ])  # fmt: skip
+    assert report["num_episodes"] == 1 and report["success_rate_kept"] == 1.0
+    dataset = LeRobotDataset("local/mw_push", root=root)
+    assert tuple(dataset.meta.features[OBS_STATE]["shape"]) == (89,)
+    assert dataset.meta.features[OBS_STATE]["names"][39 + METAWORLD_V3_TASKS.index("push-v3")] == "task_push-v3"
+    assert dataset[0][OBS_STATE][39 + METAWORLD_V3_TASKS.index("push-v3")] == 1.0
+
+
+def test_record_demos_refuses_pickcube_flags_on_metaworld(tmp_path):
+    from lerobot_policy_pi_rl.scripts import record_demos
+
+    with pytest.raises(ValueError, match="--camera: PickCube shorthand"):
+        record_demos.run(["--env.type=pi_rl_metaworld", "--output_dir", str(tmp_path / "d"), "--num_episodes", "1",
+                          "--camera", "blank"])
+    with pytest.raises(ValueError, match="unknown MetaWorld task"):
+        record_demos.run(["--env.type=pi_rl_metaworld", "--env.task=push", "--output_dir", str(tmp_path / "d"),
+                          "--num_episodes", "1"])
+    assert not (tmp_path / "d").exists()
