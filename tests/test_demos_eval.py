@@ -87,6 +87,10 @@ def test_evaluate_writes_the_documented_json(tmp_path: Path):
     assert result["success_rate"] == pytest.approx(k / 3)
     assert result["success_ci95"] == pytest.approx(list(evaluate.wilson_interval(k, 3)))
     assert "any step" in result["success_definition"]
+    # PickCube is one task: its per-task entry repeats the pooled numbers.
+    assert list(result["per_task"]) == ["PandaPickCube-v0"] == result["tasks"]
+    assert result["per_task"]["PandaPickCube-v0"]["success_ci95"] == result["success_ci95"]
+    assert result["per_task"]["PandaPickCube-v0"]["env_steps"] == result["env_steps"]
 
 
 @pytest.mark.parametrize(
@@ -124,6 +128,13 @@ def test_wilson_interval_matches_hand_computation():
     assert evaluate.wilson_interval(20, 20)[1] == pytest.approx(1.0)
     # 0/3: upper bound z^2 / (n + z^2) = 3.8415 / 6.8415.
     assert evaluate.wilson_interval(0, 3)[1] == pytest.approx(0.56149, abs=1e-4)
+
+
+def test_wilson_interval_is_exactly_closed_at_zero_and_all_successes():
+    """0/n has lower bound 0 and n/n upper bound 1 exactly (reports print them; no 3e-17 from rounding)."""
+    for n in range(1, 60):
+        assert evaluate.wilson_interval(0, n)[0] == 0.0, n
+        assert evaluate.wilson_interval(n, n)[1] == 1.0, n
 
 
 # ----------------------------------------------------------------------------------------------------------------
