@@ -152,7 +152,8 @@ def test_env_flags_and_pickcube_shorthands_give_the_same_config():
     shorthands = {"episode_length": 30, "fixed_cube": True, "state_includes_cube": True, "camera": "blank",
                   "camera_size": 16, "task": "Lift it."}
     assert parse_env_config([], shorthands) == expected
-    flags = normalize_env_flags(["--env.type=pi_rl_pickcube", "--env.episode_length", "30", "--env.randomize_cube=false",
+    flags = normalize_env_flags(["--env.type=pi_rl_pickcube", "--env.episode_length", "30",
+                                 "--env.randomize_cube=false",
                                  "--env.state_includes_cube=true", "--env.camera=blank", "--env.camera_size=16",
                                  "--env.task_description=Lift it."])
     assert parse_env_config(flags) == expected
@@ -165,7 +166,7 @@ def test_env_flags_and_pickcube_shorthands_give_the_same_config():
     ("tokens", "shorthands", "message"),
     [
         (["--env.type=nope"], None, "--env.type='nope' is not a registered LeRobot env type; known: .*pi_rl_metaworld"),
-        (["--env.camerra=front"], None, "--env.camerra: env type pi_rl_pickcube has no such field; its fields: camera,"),
+        (["--env.camerra=front"], None, "--env.camerra: env type pi_rl_pickcube has no such field; its fields: ca"),
         (["--env.type=pi_rl_metaworld", "--env.episode_length=abc"], None, "episode_length=abc.*invalid literal"),
         (["--env.type=pi_rl_metaworld", "--env.episode_length=600"], None, "episode_length=600 must be"),
         (["--env.camera=front"], {"camera": "blank"}, "--camera and --env.camera both set env.camera"),

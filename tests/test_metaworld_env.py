@@ -233,6 +233,9 @@ def test_task_attributes_render_and_lerobot_keys():
         env.close()
     with pytest.raises(ValueError, match="names 2 tasks; pass the one to build"):
         make_metaworld_env(MetaWorldStateEnvConfig(task=TWO_TASKS))
+    for bad in ("mt10", "push", "push-v3,drawer-open-v3"):
+        with pytest.raises(ValueError, match=rf"one MetaWorld v3 task, not {bad!r}; valid: assembly-v3"):
+            make_metaworld_env(MetaWorldStateEnvConfig(), bad)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -222,7 +222,8 @@ class MetaWorldStateEnv(gym.Env):
     def __init__(self, cfg: MetaWorldStateEnvConfig, task: str):
         super().__init__()
         if task not in METAWORLD_V3_TASKS:
-            parse_tasks(task)  # raises, listing the valid names
+            raise ValueError(f"an env runs one MetaWorld v3 task, not {task!r}; valid: "
+                             f"{', '.join(sorted(METAWORLD_V3_TASKS))}")
         self.cfg = cfg
         self.task = task
         self.task_description = task_description(task)
