@@ -377,6 +377,23 @@ def test_a_scaled_run_is_labelled_as_not_the_benchmark_recipe(tmp_path):
         "default": 100, "used": 1}
 
 
+def test_a_run_takes_its_report_name_before_the_first_stage(tmp_path):
+    """A `--report_only` while the run is going takes the next name, not the one the run will update."""
+    run_dir = tmp_path / "run"
+
+    class PeekingStages(FakeStages):
+        def __call__(self, log, name, argv, env=None):
+            if not self.calls:
+                assert "No task has both evaluations yet." in (run_dir / "report.md").read_text()
+                assert runner.main(["--report_only", "--run_dir", str(run_dir)]) == 0
+            super().__call__(log, name, argv, env)
+
+    assert _run(["--tasks", "push-v3", "--run_dir", str(run_dir)], PeekingStages()) == 0
+    assert "(40/100)" in (run_dir / "report.md").read_text()
+    assert "(40/100)" not in (run_dir / "report_2.md").read_text()
+    assert not (run_dir / "report_3.md").exists()
+
+
 def test_report_only_rerenders_under_the_next_free_name(tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert _run(["--tasks", "push-v3", "--run_dir", str(run_dir)], FakeStages()) == 0

@@ -249,13 +249,16 @@ def render_markdown(summary: dict, name: str, earlier: list[str], figure: str) -
             + ("shared | shared |" if multitask else
                f"{agg['pi_rl_env_steps']} (sum) | {_minutes(agg['wall_time_s'])} (sum) |")
         )
-    lines += [
-        "",
-        f"Tasks improved by >= {agg['improved_points_threshold']:.0f} points: {agg['tasks_improved']} of "
-        f"{agg['tasks_evaluated']}" + (f" (of {agg['tasks']} tasks; the others are not finished)."
-                                       if agg["tasks_evaluated"] < agg["tasks"] else "."),
-        "Mean: over tasks; pooled: all episodes of all tasks as one sample, with its Wilson interval.",
-    ]
+    if agg["tasks_evaluated"]:
+        lines += [
+            "",
+            f"Tasks improved by >= {agg['improved_points_threshold']:.0f} points: {agg['tasks_improved']} of "
+            f"{agg['tasks_evaluated']}" + (f" (of {agg['tasks']} tasks; the others are not finished)."
+                                           if agg["tasks_evaluated"] < agg["tasks"] else "."),
+            "Mean: over tasks; pooled: all episodes of all tasks as one sample, with its Wilson interval.",
+        ]
+    else:
+        lines += ["", "No task has both evaluations yet."]
     if multitask:
         unit = next(iter(summary["units"].values()))
         times = unit["wall_time_s"]

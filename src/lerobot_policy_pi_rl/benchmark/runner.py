@@ -76,8 +76,10 @@ def run_benchmark(bench: Benchmark, run: StageRunner = run_logged_stage) -> int:
     exit code (1 when a unit failed)."""
     open_run_dir(bench)
     start = time.perf_counter()
-    # Chosen once: this invocation updates its own report and never touches an earlier one.
+    # Chosen once and written at once (so that a `--report_only` meanwhile takes the next name): this invocation
+    # updates its own report and never touches an earlier one.
     index = next_free_index(bench.run_dir)
+    write_report(bench.run_dir, index)
     all_units = bench.units()
     failed: list[str] = []
     print(f"[bench] run directory {bench.run_dir}: {len(bench.tasks)} task(s), "
