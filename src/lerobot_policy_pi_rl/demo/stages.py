@@ -1,7 +1,8 @@
 """One demo stage: a subprocess whose command and wall time are recorded in `<run_dir>/stages.json` as it ends.
 
-Shared by the demo's pipeline and by the baselines that add stages to a demo run directory; the evaluation stage
-lives here because every policy (SFT, PI-RL, a baseline) goes through the same protocol.
+Shared by the demo's pipeline, by the baselines that add stages to a demo run directory and (through `StageLog`,
+which records elsewhere) by the benchmark runner; the evaluation stage lives here because every policy (SFT,
+PI-RL, a baseline) goes through the same protocol.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..runtime.console import console_level
@@ -73,33 +76,50 @@ def load_stages(run_dir: Path) -> DemoSettings:
     )
 
 
+@dataclass
+class StageLog:
+    """Where `run_logged_stage` records a stage: the command is appended to `commands`, the wall time set in
+    `timings[name]`, then `save()` runs (also when the stage failed); `label` tags the console lines."""
+
+    commands: list[str]
+    timings: dict[str, float]
+    save: Callable[[], None]
+    label: str = "demo"
+
+
 def _command(argv: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
 
-def _run(name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
+def _run(label: str, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
     """Announce the stage and run it, its output streaming to the console; its exit code."""
-    print(f"\n=== [demo] {name}\n$ {_command(argv)}", flush=True)
+    print(f"\n=== [{label}] {name}\n$ {_command(argv)}", flush=True)
     return subprocess.run(argv, env=stage_env(env), check=False).returncode
 
 
-def _finish(name: str, returncode: int, elapsed: float) -> None:
+def _finish(label: str, name: str, returncode: int, elapsed: float) -> None:
     if returncode != 0:
-        raise SystemExit(f"[demo] stage '{name}' failed with exit code {returncode} after {elapsed:.0f}s")
-    print(f"=== [demo] {name}: done in {elapsed:.0f}s", flush=True)
+        raise SystemExit(f"[{label}] stage '{name}' failed with exit code {returncode} after {elapsed:.0f}s")
+    print(f"=== [{label}] {name}: done in {elapsed:.0f}s", flush=True)
+
+
+def run_logged_stage(log: StageLog, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+    """Run one stage as a subprocess, streaming its output, and record its command and wall time in `log`; a
+    failed stage raises `SystemExit` after it is recorded. `env`: environment defaults of this stage (see
+    `stage_env`)."""
+    log.commands.append(_command(argv))
+    start = time.perf_counter()
+    try:
+        returncode = _run(log.label, name, argv, env)
+    finally:
+        log.timings[name] = time.perf_counter() - start
+        log.save()
+    _finish(log.label, name, returncode, log.timings[name])
 
 
 def run_stage(settings: DemoSettings, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-    """Run one stage as a subprocess, streaming its output, and record the command and its wall time. `env`:
-    environment defaults of this stage (see `stage_env`)."""
-    settings.commands.append(_command(argv))
-    start = time.perf_counter()
-    try:
-        returncode = _run(name, argv, env)
-    finally:
-        settings.timings[name] = time.perf_counter() - start
-        save_stages(settings)
-    _finish(name, returncode, settings.timings[name])
+    """Run one demo stage (see `run_logged_stage`), recorded in `<run_dir>/stages.json`."""
+    run_logged_stage(StageLog(settings.commands, settings.timings, lambda: save_stages(settings)), name, argv, env)
 
 
 def run_recording_stage(settings: DemoSettings, name: str, argv: list[str]) -> None:
@@ -109,11 +129,11 @@ def run_recording_stage(settings: DemoSettings, name: str, argv: list[str]) -> N
     save_stages(settings)
     start = time.perf_counter()
     try:
-        returncode = _run(name, argv)
+        returncode = _run("demo", name, argv)
     finally:
         recorded = load_stages(settings.run_dir)
         settings.commands, settings.timings = recorded.commands, recorded.timings
-    _finish(name, returncode, time.perf_counter() - start)
+    _finish("demo", name, returncode, time.perf_counter() - start)
 
 
 def evaluate(settings: DemoSettings, name: str, policy_path: Path) -> dict:

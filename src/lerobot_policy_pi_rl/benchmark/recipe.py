@@ -1,0 +1,133 @@
+"""The benchmark's one recipe and its task sets.
+
+Every task is trained and evaluated with the same `BenchmarkRecipe`: there is deliberately no way to set a value
+for one task only (no per-task field, flag or file), so a table over tasks compares tasks, not tunings. Only the
+scale of the whole recipe can change from the command line (`SCALE_FIELDS`, for smoke and CI runs); the report
+labels such a run as not the benchmark recipe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from ..demo.settings import VARIANTS
+from ..validation import require
+
+# The development set the recipe is tuned on (MetaWorld v3 names; the scripted experts succeed on nearly every
+# episode of these).
+DEV_TASKS = ("push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "button-press-topdown-v3")
+TASK_SETS = ("dev", "mt10")
+
+# The recipe fields the command line may change (on every task alike).
+SCALE_FIELDS = ("demo_episodes", "sft_steps", "rl_updates", "eval_episodes")
+
+
+@dataclass(frozen=True)
+class BenchmarkRecipe:
+    """Demonstrations -> SFT -> PI-RL -> evaluation, the same for every task. Values are scalars only."""
+
+    # Scripted-expert demonstrations per task (MetaWorld's own policies) and the Gaussian noise on their actions.
+    demo_episodes: int = 20
+    demo_action_noise: float = 0.0
+    # The policy: this package's flow_mlp backbone on the state, with this exploration variant.
+    backbone: str = "flow_mlp"
+    variant: str = "flow_noise"
+    # Action chunk length H and executed steps C <= H; None keeps the policy's defaults.
+    chunk_size: int | None = None
+    n_action_steps: int | None = None
+    # SFT with `lerobot-train`.
+    sft_steps: int = 800
+    sft_batch_size: int = 64
+    # PI-RL with `lerobot-pi-rl-train`: PPO updates, parallel envs per actor process, actor processes.
+    rl_updates: int = 100
+    n_envs: int = 8
+    num_actors: int = 2
+    # Chunk steps collected per PPO update (over all envs), minibatch size and epochs per update.
+    rollout_chunks: int = 256
+    minibatch_size: int = 64
+    update_epochs: int = 4
+    actor_lr: float = 3e-6
+    critic_lr: float = 1e-3
+    # PPO updates that train only the critic before the actor moves.
+    critic_warmup_updates: int = 0
+    # Flow-SDE's noise level a (only passed with variant flow_sde).
+    noise_level: float = 0.5
+    # Evaluation protocol: deterministic ODE sampling, this many episodes per task from env seed `eval_seed` on
+    # (the same episodes for SFT and PI-RL), split over `eval_workers` processes (same results as one).
+    eval_episodes: int = 100
+    eval_seed: int = 100_000
+    eval_workers: int = 2
+
+    def __post_init__(self) -> None:
+        require(self.backbone == "flow_mlp",
+                f"backbone={self.backbone!r} is not supported by the benchmark; allowed: flow_mlp (the state-only "
+                "MetaWorld env gives no image or instruction a VLA backbone would need)")
+        require(self.variant in VARIANTS, f"variant={self.variant!r} is not valid; allowed: {', '.join(VARIANTS)}")
+        for name in ("demo_episodes", "sft_steps", "sft_batch_size", "rl_updates", "n_envs", "num_actors",
+                     "rollout_chunks", "minibatch_size", "update_epochs", "eval_episodes", "eval_workers"):
+            require(getattr(self, name) >= 1, f"{name}={getattr(self, name)} must be >= 1")
+        for name in ("chunk_size", "n_action_steps"):
+            value = getattr(self, name)
+            require(value is None or value >= 1, f"{name}={value} must be >= 1 (or None: the policy's default)")
+        require(self.demo_action_noise >= 0, f"demo_action_noise={self.demo_action_noise} must be >= 0")
+        require(self.critic_warmup_updates >= 0, f"critic_warmup_updates={self.critic_warmup_updates} must be >= 0")
+        for name in ("actor_lr", "critic_lr", "noise_level"):
+            require(getattr(self, name) > 0, f"{name}={getattr(self, name)} must be > 0")
+        require(self.eval_seed >= 0, f"eval_seed={self.eval_seed} must be >= 0")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, record: dict) -> BenchmarkRecipe:
+        """The recipe a run directory recorded; a field this version does not know is an error, not dropped."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(record) - known)
+        require(not unknown, f"recorded recipe has unknown fields {unknown}; known: {', '.join(sorted(known))}")
+        return cls(**record)
+
+    def scaled(self, **values: int | None) -> BenchmarkRecipe:
+        """This recipe with some `SCALE_FIELDS` changed (None: unchanged), on every task alike."""
+        bad = sorted(set(values) - set(SCALE_FIELDS))
+        require(not bad, f"{bad} cannot be changed from the command line; allowed: {', '.join(SCALE_FIELDS)}")
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+    def differences(self, other: BenchmarkRecipe) -> dict[str, tuple[object, object]]:
+        """Field -> (this value, the other's value), for the fields that differ."""
+        return {f.name: (getattr(self, f.name), getattr(other, f.name)) for f in fields(self)
+                if getattr(self, f.name) != getattr(other, f.name)}
+
+
+def multitask_n_envs(recipe: BenchmarkRecipe, num_tasks: int) -> int:
+    """Envs per actor of a multi-task PI-RL run: the recipe's `n_envs` rounded up to a multiple of the task count
+    (every actor steps each task on the same number of envs)."""
+    return -(-recipe.n_envs // num_tasks) * num_tasks
+
+
+def all_task_names() -> tuple[str, ...]:
+    """MetaWorld's v3 task names (its own registry, the one the env accepts)."""
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    return tuple(ALL_V3_ENVIRONMENTS)
+
+
+def task_set(name: str) -> tuple[str, ...]:
+    """`dev`: the development set; `mt10`: MetaWorld's MT10 names."""
+    if name == "dev":
+        return DEV_TASKS
+    if name == "mt10":
+        from metaworld.env_dict import MT10_V3
+
+        return tuple(MT10_V3)
+    raise ValueError(f"task_set={name!r} is not valid; allowed: {', '.join(TASK_SETS)}")
+
+
+def check_tasks(tasks: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The task list, refused when empty, repeated or naming a task MetaWorld does not have."""
+    require(len(tasks) > 0, "no task given")
+    repeated = sorted({t for t in tasks if tasks.count(t) > 1})
+    require(not repeated, f"tasks {repeated} are listed more than once")
+    valid = all_task_names()
+    unknown = [t for t in tasks if t not in valid]
+    require(not unknown, f"unknown MetaWorld task(s) {unknown}; valid: {', '.join(valid)}")
+    return tuple(tasks)
