@@ -138,9 +138,9 @@ def test_tasks_are_checked_against_metaworld():
     mt10 = recipe.task_set("mt10")
     assert len(mt10) == 10 and "window-close-v3" in mt10
     assert recipe.check_tasks(["push-v3"]) == ("push-v3",)
-    with pytest.raises(ValueError, match=r"unknown MetaWorld task\(s\) \['push-v2'\]; valid: .*pick-place-v3"):
+    with pytest.raises(ValueError, match=r"unknown MetaWorld task\(s\) push-v2; valid: .*pick-place-v3"):
         recipe.check_tasks(["push-v3", "push-v2"])
-    with pytest.raises(ValueError, match=r"\['push-v3'\] are listed more than once"):
+    with pytest.raises(ValueError, match=r"lists push-v3 more than once"):
         recipe.check_tasks(["push-v3", "push-v3"])
     with pytest.raises(SystemExit):
         runner.main(["--tasks", "pushh-v3", "--run_dir", "unused"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 
 from ..demo.settings import VARIANTS
+from ..envs.metaworld import MT10_TASKS, parse_tasks
 from ..validation import require
 
 # The development set the recipe is tuned on (MetaWorld v3 names; the scripted experts succeed on nearly every
@@ -104,30 +105,15 @@ def multitask_n_envs(recipe: BenchmarkRecipe, num_tasks: int) -> int:
     return -(-recipe.n_envs // num_tasks) * num_tasks
 
 
-def all_task_names() -> tuple[str, ...]:
-    """MetaWorld's v3 task names (its own registry, the one the env accepts)."""
-    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
-
-    return tuple(ALL_V3_ENVIRONMENTS)
-
-
 def task_set(name: str) -> tuple[str, ...]:
-    """`dev`: the development set; `mt10`: MetaWorld's MT10 names."""
+    """`dev`: the development set; `mt10`: MetaWorld's MT10 names (the env's own set)."""
     if name == "dev":
         return DEV_TASKS
     if name == "mt10":
-        from metaworld.env_dict import MT10_V3
-
-        return tuple(MT10_V3)
+        return MT10_TASKS
     raise ValueError(f"task_set={name!r} is not valid; allowed: {', '.join(TASK_SETS)}")
 
 
 def check_tasks(tasks: list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """The task list, refused when empty, repeated or naming a task MetaWorld does not have."""
-    require(len(tasks) > 0, "no task given")
-    repeated = sorted({t for t in tasks if tasks.count(t) > 1})
-    require(not repeated, f"tasks {repeated} are listed more than once")
-    valid = all_task_names()
-    unknown = [t for t in tasks if t not in valid]
-    require(not unknown, f"unknown MetaWorld task(s) {unknown}; valid: {', '.join(valid)}")
-    return tuple(tasks)
+    """The task list, refused (by the env's own parser) when empty, repeated or naming a task MetaWorld lacks."""
+    return parse_tasks(",".join(tasks))
