@@ -627,3 +627,39 @@ def test_a_flow_noise_checkpoint_starts_a_flow_sde_rl_run_without_its_noise_head
     for key, value in policy.state_dict().items():
         assert torch.equal(value, saved[key]), key
 
+
+
+@pytest.mark.parametrize("floor", [0.02, 0.0])
+def test_state_std_floor_bounds_inputs_from_dimensions_that_never_moved(tmp_path, floor: float) -> None:
+    """A state dimension constant in the demonstrations (std 0) or nearly so (std 0.001) is normalized with
+    std = max(std, state_std_floor); dimensions above the floor, ENV features' stats and actions are unchanged, and
+    the saved processors hold the floored stats. floor 0 keeps LeRobot's plain normalization (and its blow-up)."""
+    cfg = make_flow_mlp_config(state_std_floor=floor)
+    stats = make_dataset_stats()
+    stats[OBS_STATE]["std"] = torch.tensor([0.0, 0.001, 2.0] + [2.0] * (STATE_DIM - 3))
+    original = copy.deepcopy(stats)
+    pre, post = make_pre_post_processors(copy.deepcopy(cfg), dataset_stats=stats)
+    pre.save_pretrained(tmp_path)
+    post.save_pretrained(tmp_path)
+    reloaded, _ = make_pre_post_processors(cfg, pretrained_path=str(tmp_path))
+    for key in stats:
+        for name in stats[key]:
+            assert torch.equal(stats[key][name], original[key][name])  # the caller's stats are not modified
+
+    state = stats[OBS_STATE]["mean"].clone()
+    state[:3] += torch.tensor([0.01, 0.01, 1.0])
+    raw = {OBS_STATE: state, OBS_ENV_STATE: torch.zeros(ENV_DIM)}
+    for processor in (pre, reloaded):
+        out = processor(dict(raw))[OBS_STATE][0]
+        if floor:
+            assert torch.allclose(out[:3], torch.tensor([0.5, 0.5, 0.5]), atol=1e-5)
+        else:
+            assert out[0] > 1e5 and out[1] == pytest.approx(10.0, rel=1e-4)
+        assert torch.allclose(out[3:], torch.zeros(STATE_DIM - 3), atol=1e-6)
+        env = processor(dict(raw))[OBS_ENV_STATE][0]
+        assert torch.allclose(env, (0.0 - stats[OBS_ENV_STATE]["mean"]) / stats[OBS_ENV_STATE]["std"], atol=1e-5)
+
+
+def test_state_std_floor_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="state_std_floor=-0.1"):
+        make_flow_mlp_config(state_std_floor=-0.1)

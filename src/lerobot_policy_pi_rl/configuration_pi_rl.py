@@ -311,6 +311,12 @@ class PiRLConfig(PreTrainedConfig):
         }
     )
 
+    # flow_mlp: lower bound on the standard deviation used to normalize STATE/ENV features (MEAN_STD). A dimension
+    # that barely moves in the demonstrations (MetaWorld's object orientation: std 0.002, or exactly 0) would
+    # otherwise turn the first unseen value into an input of hundreds of standard deviations, to which the SFT
+    # policy responds arbitrarily and the PPO ratio explodes (approx KL > 1 in the first update). 0 disables it.
+    state_std_floor: float = 0.02
+
     # Learning rate of the supervised (flow-matching SFT) AdamW used by `lerobot-train`; RL learning rates live
     # on the algorithm.
     optimizer_lr: float = 3e-4
@@ -354,6 +360,7 @@ class PiRLConfig(PreTrainedConfig):
             f"n_action_steps={self.n_action_steps} must be in [1, chunk_size={self.chunk_size}]",
         )
         check_choice("log_prob_level", self.log_prob_level, LOG_PROB_LEVELS)
+        require(self.state_std_floor >= 0, f"state_std_floor={self.state_std_floor} must be >= 0")
         self.variant.check_num_denoise_steps(self.num_denoise_steps)
         if self.value_head.feature_source != "auto":
             allowed = {
