@@ -186,6 +186,19 @@ def test_single_task_commands(tmp_path):
     assert not any("one_hot" in a for c in cmd.values() for a in c)
 
 
+def test_each_pi_rl_stage_gets_a_free_learner_port(tmp_path):
+    """Two benchmark runs on one machine (or a benchmark next to any PI-RL run) must not share a learner port: a
+    second learner fails to bind, and its actors would feed the first run."""
+    import socket
+
+    unit = commands.units(tmp_path, ("push-v3",), multitask=False)[0]
+    port = int(_flag(commands.pi_rl_command(BenchmarkRecipe(), unit, 0), "--policy.actor_learner_config.learner_port"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))  # nothing listens there
+    assert _flag(commands.pi_rl_command(BenchmarkRecipe(), unit, 0, port=4321),
+                 "--policy.actor_learner_config.learner_port") == "4321"
+
+
 def test_recipe_policy_flags_reach_the_commands(tmp_path):
     r = BenchmarkRecipe(variant="flow_sde", chunk_size=8, n_action_steps=4, noise_level=0.3)
     _, cmd = _unit_commands(tmp_path, ("push-v3",), multitask=False, r=r)

@@ -104,7 +104,13 @@ def sft_command(recipe: BenchmarkRecipe, unit: Unit, seed: int) -> list[str]:
     ]
 
 
-def pi_rl_command(recipe: BenchmarkRecipe, unit: Unit, seed: int) -> list[str]:
+def pi_rl_command(recipe: BenchmarkRecipe, unit: Unit, seed: int, port: int | None = None) -> list[str]:
+    """`port`: the learner's loopback port; None picks a free one, so that benchmark runs (or a benchmark and any
+    other PI-RL run) on one machine never meet on LeRobot's default port."""
+    if port is None:
+        from ..runtime.transport import free_loopback_port
+
+        port = free_loopback_port()
     return [
         console_script("lerobot-pi-rl-train"),
         f"--policy.path={unit.output('sft') / MODEL}",
@@ -112,6 +118,7 @@ def pi_rl_command(recipe: BenchmarkRecipe, unit: Unit, seed: int) -> list[str]:
         f"--policy.variant.type={recipe.variant}",
         *([f"--policy.variant.noise_level={recipe.noise_level}"] if recipe.variant == "flow_sde" else []),
         *env_args(unit),
+        f"--policy.actor_learner_config.learner_port={port}",
         "--algorithm.type=pi_rl",
         f"--algorithm.rollout_chunks={recipe.rollout_chunks}",
         f"--algorithm.actor_lr={recipe.actor_lr}",

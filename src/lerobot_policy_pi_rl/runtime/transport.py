@@ -12,6 +12,7 @@ Weight messages are `state_to_bytes({"policy_version", "state_dict", "learner_se
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -77,6 +78,14 @@ class BroadcastLearnerService(LearnerService):
     def num_subscribers(self) -> int:
         with self._lock:
             return len(self._delivered)
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (the OS picks it), for runs that must not collide
+    with another learner on the same machine."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def serve_learner(
