@@ -112,7 +112,7 @@ def test_the_recipe_is_one_set_of_scalars_with_no_per_task_setting():
     # Scaling changes the whole recipe, and only its scale.
     scaled = r.scaled(sft_steps=5, rl_updates=None)
     assert scaled.sft_steps == 5 and scaled.rl_updates == r.rl_updates
-    assert r.differences(scaled) == {"sft_steps": (800, 5)}
+    assert r.differences(scaled) == {"sft_steps": (r.sft_steps, 5)}
     with pytest.raises(ValueError, match=r"\['actor_lr'\] cannot be changed"):
         r.scaled(actor_lr=1e-3)
 
@@ -162,11 +162,11 @@ def test_single_task_commands(tmp_path):
     assert unit.directory == d
     assert cmd["demos"][1:] == [
         "-m", "lerobot_policy_pi_rl.scripts.record_demos", "--env.type=pi_rl_metaworld", "--env.task=push-v3",
-        "--output_dir", str(d / "demos"), "--num_episodes", "20", "--action_noise", "0.0", "--seed", "7"]
+        "--output_dir", str(d / "demos"), "--num_episodes", "3", "--action_noise", "0.1", "--seed", "7"]
     assert cmd["sft"][0].endswith("lerobot-train") and cmd["sft"][1:] == [
         "--policy.type=pi_rl", "--policy.backbone.type=flow_mlp", "--policy.variant.type=flow_noise",
         "--policy.device=cpu", "--policy.push_to_hub=false", "--dataset.repo_id=local/metaworld_push-v3",
-        f"--dataset.root={d / 'demos'}", "--steps=800", "--batch_size=64", "--save_freq=800", "--log_freq=200",
+        f"--dataset.root={d / 'demos'}", "--steps=1000", "--batch_size=64", "--save_freq=1000", "--log_freq=200",
         "--num_workers=0", "--seed=7", "--wandb.enable=false", f"--output_dir={d / 'sft'}"]
     rl = cmd["pi_rl"]
     assert rl[0].endswith("lerobot-pi-rl-train")
@@ -175,6 +175,7 @@ def test_single_task_commands(tmp_path):
                  "--algorithm.actor_lr=3e-06", "--algorithm.rollout_chunks=256", "--algorithm.minibatch_size=64",
                  "--algorithm.update_epochs=4", "--algorithm.critic_lr=0.001", "--algorithm.critic_warmup_updates=0",
                  "--num_updates=100", "--n_envs=8", "--num_actors=2", "--seed=7", "--wandb.enable=false",
+                 "--env.episode_length=150",
                  f"--output_dir={d / 'pi_rl'}"):
         assert flag in rl, flag
     assert not any("noise_level" in a for a in rl)  # Flow-SDE's noise level only with flow_sde
@@ -216,7 +217,7 @@ def test_multitask_commands_one_hot_everywhere_but_sft_and_envs_a_multiple_of_th
         assert "--env.task_one_hot=true" in cmd[stage] and f"--env.task={','.join(tasks)}" in cmd[stage]
     assert not any("one_hot" in a for a in cmd["sft"])
     assert "--dataset.repo_id=local/metaworld_multitask" in cmd["sft"]
-    assert _flag(cmd["demos"], "--num_episodes") == "20"  # per task
+    assert _flag(cmd["demos"], "--num_episodes") == str(BenchmarkRecipe().demo_episodes)  # per task
     assert f"--n_envs={expected}" in cmd["pi_rl"] and expected % num_tasks == 0
 
 
@@ -312,7 +313,7 @@ def test_a_changed_recipe_seed_or_task_list_is_refused(tmp_path):
     fake = FakeStages()
     with pytest.raises(SystemExit, match=r"different recipe.*sft_steps: recorded 5, now 6; seed: recorded 0, now 1"):
         _run(["--tasks", "push-v3", "--run_dir", str(run_dir), "--sft_steps", "6", "--seed", "1"], fake)
-    with pytest.raises(SystemExit, match=r"sft_steps: recorded 5, now 800"):  # the default is a change too
+    with pytest.raises(SystemExit, match=r"sft_steps: recorded 5, now 1000"):  # the default is a change too
         _run(["--tasks", "push-v3", "--run_dir", str(run_dir)], fake)
     with pytest.raises(SystemExit, match=r"tasks: recorded \['push-v3'\], now \['push-v3', 'pick-place-v3'\]"):
         _run(["--tasks", TWO, "--run_dir", str(run_dir), "--sft_steps", "5"], fake)
@@ -383,8 +384,8 @@ def test_a_scaled_run_is_labelled_as_not_the_benchmark_recipe(tmp_path):
             "--rl_updates", "1", "--eval_episodes", "4"]
     assert _run(argv, FakeStages()) == 0
     text = (run_dir / "report.md").read_text()
-    assert ("**Not the benchmark recipe**: changed on the command line, for every task: `demo_episodes` 20 -> 2, "
-            "`sft_steps` 800 -> 5, `rl_updates` 100 -> 1, `eval_episodes` 100 -> 4.") in text
+    assert ("**Not the benchmark recipe**: changed on the command line, for every task: `demo_episodes` 3 -> 2, "
+            "`sft_steps` 1000 -> 5, `rl_updates` 100 -> 1, `eval_episodes` 100 -> 4.") in text
     assert "(2/4)" in text  # the intervals come from the evaluations' own episode counts
     assert json.loads((run_dir / "report.json").read_text())["recipe_changes"]["rl_updates"] == {
         "default": 100, "used": 1}

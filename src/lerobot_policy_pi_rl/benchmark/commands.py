@@ -118,6 +118,7 @@ def pi_rl_command(recipe: BenchmarkRecipe, unit: Unit, seed: int, port: int | No
         f"--policy.variant.type={recipe.variant}",
         *([f"--policy.variant.noise_level={recipe.noise_level}"] if recipe.variant == "flow_sde" else []),
         *env_args(unit),
+        f"--env.episode_length={recipe.train_episode_length}",
         f"--policy.actor_learner_config.learner_port={port}",
         "--algorithm.type=pi_rl",
         f"--algorithm.rollout_chunks={recipe.rollout_chunks}",

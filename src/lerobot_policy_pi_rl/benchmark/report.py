@@ -163,11 +163,13 @@ def collect(run_dir: Path) -> tuple[dict, dict[str, list[tuple[float, float]]]]:
             "seed": recipe.eval_seed,
             "workers": recipe.eval_workers,
             "sampling": "deterministic ODE (no exploration noise)",
+            "episode_length": 500,
             "interval": "95 % Wilson score",
         },
         "success_definition": SUCCESS_DEFINITION,
         "training_episode_success": (
-            f"moving mean over the last {TRAINING_WINDOW} training episodes (per task), stochastic sampling with "
+            f"moving mean over the last {TRAINING_WINDOW} training episodes (per task), each cut at "
+            f"{recipe.train_episode_length} steps (evaluation: 500), stochastic sampling with "
             "exploration noise; not an evaluation"
         ),
         "per_task": per_task,
@@ -225,7 +227,8 @@ def render_markdown(summary: dict, name: str, earlier: list[str], figure: str) -
         "", "## Evaluation protocol", "",
         f"- Success, the only definition used (evaluation and training episodes): {summary['success_definition']}.",
         f"- Evaluation success: {protocol['sampling']}, {protocol['episodes_per_task']} episodes per task from env "
-        f"seed {protocol['seed']} on (the same episodes for the SFT and the PI-RL policy), "
+        f"seed {protocol['seed']} on (the same episodes for the SFT and the PI-RL policy), each of up to "
+        f"{protocol.get('episode_length', 500)} steps (MetaWorld's limit), "
         f"{protocol['interval']} intervals.",
         f"- Training-episode success (its own section below): {summary['training_episode_success']}.",
         "", "## Evaluation success per task", "",
