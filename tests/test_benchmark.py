@@ -162,7 +162,7 @@ def test_single_task_commands(tmp_path):
     assert unit.directory == d
     assert cmd["demos"][1:] == [
         "-m", "lerobot_policy_pi_rl.scripts.record_demos", "--env.type=pi_rl_metaworld", "--env.task=push-v3",
-        "--output_dir", str(d / "demos"), "--num_episodes", "3", "--action_noise", "0.1", "--seed", "7"]
+        "--output_dir", str(d / "demos"), "--num_episodes", "10", "--action_noise", "0.1", "--seed", "7"]
     assert cmd["sft"][0].endswith("lerobot-train") and cmd["sft"][1:] == [
         "--policy.type=pi_rl", "--policy.backbone.type=flow_mlp", "--policy.variant.type=flow_noise",
         "--policy.device=cpu", "--policy.push_to_hub=false", "--dataset.repo_id=local/metaworld_push-v3",
@@ -384,7 +384,7 @@ def test_a_scaled_run_is_labelled_as_not_the_benchmark_recipe(tmp_path):
             "--rl_updates", "1", "--eval_episodes", "4"]
     assert _run(argv, FakeStages()) == 0
     text = (run_dir / "report.md").read_text()
-    assert ("**Not the benchmark recipe**: changed on the command line, for every task: `demo_episodes` 3 -> 2, "
+    assert ("**Not the benchmark recipe**: changed on the command line, for every task: `demo_episodes` 10 -> 2, "
             "`sft_steps` 1000 -> 5, `rl_updates` 100 -> 1, `eval_episodes` 100 -> 4.") in text
     assert "(2/4)" in text  # the intervals come from the evaluations' own episode counts
     assert json.loads((run_dir / "report.json").read_text())["recipe_changes"]["rl_updates"] == {
