@@ -520,6 +520,18 @@ def test_loading_a_checkpoint_with_a_missing_key_raises(tmp_path) -> None:
         PiRLPolicy.from_pretrained(tmp_path)
 
 
+def test_loading_a_checkpoint_under_other_value_head_settings_names_them(tmp_path) -> None:
+    """A run that changes the critic's shape on top of a checkpoint gets an error naming the value_head settings,
+    not only torch's size-mismatch list."""
+    policy = build_policy("noise_sum")
+    policy.save_pretrained(tmp_path)
+    config = copy.deepcopy(policy.config)
+    width = policy.config.value_head.hidden_dims[0] + 8
+    config.value_head.hidden_dims = [width]
+    with pytest.raises(RuntimeError, match=rf"value head has other shapes .*hidden_dims=\[{width}\]"):
+        PiRLPolicy.from_pretrained(tmp_path, config=config)
+
+
 def test_processors_save_and_load_round_trip(tmp_path) -> None:
     cfg = make_flow_mlp_config()
     stats = make_dataset_stats()

@@ -105,9 +105,21 @@ class PiRLPolicy(PreTrainedPolicy):
         # A pi_rl checkpoint must load completely, whatever `strict` says: a silently missing head would train from
         # random weights. The one exception is the noise head of another exploration variant's checkpoint (an RL
         # run of Flow-Noise started from a Flow-SDE SFT checkpoint, or the reverse), settled explicitly below.
-        missing, unexpected = load_model_as_safetensor(
-            model, model_file, strict=False, device=resolve_safetensors_device(map_location)
-        )
+        try:
+            missing, unexpected = load_model_as_safetensor(
+                model, model_file, strict=False, device=resolve_safetensors_device(map_location)
+            )
+        except RuntimeError as err:
+            if "size mismatch for value_head." in str(err):
+                # The critic's input width follows `value_head.feature_source` and its layers `hidden_dims`: a run
+                # that changes them on top of a checkpoint (e.g. an RL run over an SFT checkpoint) gets this.
+                raise RuntimeError(
+                    f"{model_file}: its value head has other shapes than this config's value_head "
+                    f"(feature_source={model.config.value_head.feature_source!r}, "
+                    f"hidden_dims={model.config.value_head.hidden_dims}); use the checkpoint's value_head settings, "
+                    "or set them already for the run that wrote the checkpoint (e.g. the SFT run)"
+                ) from err
+            raise
         missing, unexpected = model._settle_noise_head(missing, unexpected, model_file)
         problems = []
         if missing:
