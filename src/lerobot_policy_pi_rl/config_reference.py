@@ -24,7 +24,7 @@ from .configuration_pi_rl import (
     ValueHeadConfig,
     VariantConfig,
 )
-from .rl.config import AdvantageConfig, PiRLAlgorithmConfig
+from .rl.config import AdvantageConfig, OfflineConfig, PiRLAlgorithmConfig
 
 # Fields inherited from LeRobot's PreTrainedConfig / RLAlgorithmConfig are documented upstream.
 _UPSTREAM_POLICY_FIELDS = {
@@ -135,6 +135,8 @@ def generate() -> str:
             f"Advantage `--algorithm.advantage.type={name}`", cls.__doc__.strip().splitlines()[0], cls,
             "algorithm.advantage.",
         )
+    lines += _table("Online/offline mixing `algorithm.offline`", OfflineConfig.__doc__.strip().splitlines()[0],
+                    OfflineConfig, "algorithm.offline.")
     try:
         from .runtime.config import PiRLTrainRLServerPipelineConfig
     except ImportError:  # runtime not installed in this build

@@ -4,8 +4,11 @@ One `update_rollout` is one PPO update, read as the algorithm:
     drop stale rows (`fresh`, the one staleness rule)  ->  bootstrap values  ->
     advantages (GAE per stream, or GRPO)  ->  mask rows with a non-finite reward, value, log-prob or advantage  ->
     [ratio guard on the first minibatch]  ->  update_epochs x shuffled minibatches of
-    (evaluate chain -> clipped surrogate + clipped Huber value loss - entropy bonus -> finite? -> clip -> step)
+    (evaluate chain -> clipped surrogate + clipped Huber value loss - entropy bonus [+ offline flow-matching loss]
+    -> finite? -> clip -> step)
     ->  policy_version += 1 (when an actor step was taken), anneal the Flow-SDE noise level.
+With `config.offline.ratio > 0` and an `offline` source attached, each minibatch also draws offline rows
+(`mixing.offline_rows`) and adds the backbone's SFT loss on them, weighted, to the same step (`mixing.py`).
 It returns an `UpdateResult`: what the update did (steps taken and skipped, whether the version moved), typed, for
 the runtime's control flow, beside the `TrainingStats` for logging.
 Formulas: docs/concepts.md. Log-probs, ratios and advantages are float32 throughout.
@@ -30,6 +33,7 @@ from lerobot.rl.algorithms.configs import TrainingStats
 from .config import GRPOConfig, PiRLAlgorithmConfig
 from .gae import stream_gae
 from .grpo import grpo_advantages, normalize_advantages
+from .mixing import OfflineBatches, offline_rows
 from .ppo_loss import explained_variance, ppo_policy_loss, value_loss
 from .rollout import Rollout
 
@@ -78,6 +82,8 @@ class PiRLAlgorithm(RLAlgorithm):
         self._policy_version = 0
         self._num_updates = 0
         self._optimization_step = 0
+        # Offline rows for the mixed flow-matching term (`config.offline`); the runtime attaches its source.
+        self.offline: OfflineBatches | None = None
 
     # ----------------------------------------------------------------------------------------------------------
     # Counters and optimizers
@@ -386,6 +392,8 @@ class PiRLAlgorithm(RLAlgorithm):
             counts[name] = counts.get(name, 0) + 1
 
         steps_taken, steps_skipped, max_ratio = 0, 0, 0.0
+        mixing = cfg.offline.enabled and self.offline is not None and not warmup
+        online_used, offline_used = 0, 0
         first = True
         stopped_early = 0.0
         for _epoch in range(cfg.update_epochs):
@@ -420,6 +428,9 @@ class PiRLAlgorithm(RLAlgorithm):
                 entropy = ev.entropy.mean()
                 if use_entropy and not warmup:
                     loss = loss - cfg.entropy_coef * entropy
+                fm_loss, fm_rows = self._offline_loss(len(rows)) if mixing else (None, 0)
+                if fm_loss is not None:
+                    loss = loss + cfg.offline.loss_weight * fm_loss
 
                 if not _finite(loss, ev.log_prob, ev.value):
                     steps_skipped += 1
@@ -439,6 +450,8 @@ class PiRLAlgorithm(RLAlgorithm):
                         opt.step()
                 steps_taken += 1
                 self._optimization_step += 1
+                online_used += len(rows)
+                offline_used += fm_rows
 
                 log("loss/policy", float(pg_loss.detach()))
                 log("loss/value", float(v_loss.detach()))
@@ -448,6 +461,8 @@ class PiRLAlgorithm(RLAlgorithm):
                 log("ppo/clip_fraction", float(pg.clip_fraction))
                 log("ppo/ratio_mean", float(pg.ratio_mean))
                 log("flow/std_mean", float(ev.std_mean.mean()))
+                if fm_loss is not None:
+                    log("loss/offline_fm", float(fm_loss.detach()))
                 for role, g in grad_norms.items():
                     log(f"grad/{role}", g)
                 max_ratio = max(max_ratio, float(pg.ratio_max))
@@ -469,10 +484,24 @@ class PiRLAlgorithm(RLAlgorithm):
                 "numerics/steps_skipped": float(steps_skipped),
             }
         )
+        if mixing:
+            extra["rollout/offline_share"] = offline_used / max(online_used + offline_used, 1)
         stats = TrainingStats(losses=losses, grad_norms=grads, extra=extra)
         return UpdateResult(
             stats, steps_taken=steps_taken, steps_skipped=steps_skipped, version_moved=steps_taken > 0 and not warmup
         )
+
+    def _offline_loss(self, online: int) -> tuple[Tensor | None, int]:
+        """The SFT flow-matching loss (the policy's own `forward`, as `lerobot-train` optimizes it) on the offline
+        rows that go with `online` online rows: the row-weighted mean over the parts, and the rows drawn. `(None,
+        0)` when the ratio asks for none or the source holds nothing yet."""
+        wanted = offline_rows(online, ratio=self.config.offline.ratio)
+        parts = self.offline.sample(wanted) if wanted > 0 else []
+        total = sum(p.rows for p in parts)
+        if total == 0:
+            return None, 0
+        loss = sum(self.policy.forward(p.batch)[0] * (p.rows / total) for p in parts if p.rows > 0)
+        return loss, total
 
     def _check_ratio(self, ev, old_log_prob: Tensor, versions: Tensor, finite: Tensor) -> None:
         """On the first minibatch, rows sampled by the current weights must score as recorded: |log ratio| per

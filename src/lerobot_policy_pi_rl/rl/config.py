@@ -3,6 +3,8 @@
 The advantage estimator is a nested typed choice, so a typo fails at parse time:
     --algorithm.advantage.type=gae --algorithm.advantage.gamma=0.99 --algorithm.advantage.gae_lambda=0.95
     --algorithm.advantage.type=grpo --algorithm.advantage.group_size=8
+Online/offline mixing (a supervised flow-matching term on demonstrations and human takeovers) is `offline`:
+    --algorithm.offline.repo_ids='[user/demos]' --algorithm.offline.roots='[data/demos]' --algorithm.offline.ratio=0.25
 """
 
 from __future__ import annotations
@@ -83,6 +85,61 @@ class GRPOConfig(AdvantageConfig):
         require(self.group_size >= 2, f"algorithm.advantage.group_size={self.group_size} must be >= 2")
 
 
+@dataclass
+class OfflineConfig:
+    """Offline rows mixed into every PPO minibatch: they add the backbone's own flow-matching (SFT) loss.
+
+    Each minibatch keeps its `minibatch_size` online rows and adds `round(ratio / (1 - ratio) * online_rows)`
+    offline rows, so that `ratio` is the offline share of the rows the minibatch holds (RLPD's definition of a
+    sampling ratio); the online rows and the PPO step size are those of a run without mixing.
+    """
+
+    # LeRobotDatasets whose frames are offline rows (e.g. the SFT demonstrations), preprocessed and chunked as
+    # `lerobot-train` does for this policy; their features must match the policy's.
+    repo_ids: list[str] = field(default_factory=list)
+    # Local root of each dataset in repo_ids, in the same order (as `--dataset.root` of lerobot-train); null:
+    # LeRobot's default location (`$HF_LEROBOT_HOME/<repo_id>`).
+    roots: list[str] | None = None
+    # Share of each minibatch's rows drawn from offline data, in [0, 1). 0 (the default) is plain PPO.
+    ratio: float = 0.0
+    # Weight of the offline flow-matching loss in the minibatch loss (summed with the PPO losses).
+    loss_weight: float = 1.0
+    # Chunks in which a human intervened (masked from the PPO ratio as `mask_interventions` says) also become
+    # offline rows: their observation and executed action chunk enter a FIFO buffer sampled with the datasets.
+    interventions: bool = False
+    # Capacity of that buffer, in chunks (the oldest are dropped first).
+    intervention_buffer_size: int = 2048
+
+    def __post_init__(self) -> None:
+        require(0 <= self.ratio < 1, f"algorithm.offline.ratio={self.ratio} must be in [0, 1)")
+        require(self.loss_weight >= 0, f"algorithm.offline.loss_weight={self.loss_weight} must be >= 0")
+        require(
+            self.intervention_buffer_size >= 1,
+            f"algorithm.offline.intervention_buffer_size={self.intervention_buffer_size} must be >= 1",
+        )
+        if self.roots is not None:
+            require(
+                len(self.roots) == len(self.repo_ids),
+                f"algorithm.offline.roots={self.roots} must name one root per repo_id (repo_ids={self.repo_ids})",
+            )
+        if self.ratio > 0:
+            require(
+                bool(self.repo_ids) or self.interventions,
+                f"algorithm.offline.ratio={self.ratio} has nothing to sample: set algorithm.offline.repo_ids "
+                "and/or algorithm.offline.interventions=true",
+            )
+        elif self.interventions:
+            raise ValueError(
+                "algorithm.offline.interventions=true with algorithm.offline.ratio=0: intervention chunks would "
+                "never be trained on; set a ratio in (0, 1)"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        """Offline rows enter the updates (a ratio above 0)."""
+        return self.ratio > 0
+
+
 @RLAlgorithmConfig.register_subclass("pi_rl")
 @dataclass
 class PiRLAlgorithmConfig(RLAlgorithmConfig):
@@ -146,6 +203,8 @@ class PiRLAlgorithmConfig(RLAlgorithmConfig):
     # denoise step) tolerated on rows from the current version before failing loudly. float32 re-scores bit for
     # bit (0); bf16 backbones round differently at different batch compositions, see the troubleshooting docs.
     ratio_check_tolerance: float = 1e-3
+    # Online/offline mixing: offline datasets and intervention chunks as a supervised flow-matching term.
+    offline: OfflineConfig = field(default_factory=OfflineConfig)
     # Filled by `from_policy_config` / the runtime; not a CLI field users normally set.
     policy_config: PreTrainedConfig | None = None
 

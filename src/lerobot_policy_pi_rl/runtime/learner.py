@@ -5,7 +5,8 @@
     (`lerobot-pi-rl-learner ...`; `--algorithm.type=sac` runs LeRobot's stock SAC learner unchanged.)
 
 The loop, one stage per line (`PiRLLearner.run`):
-    publish weights v0 -> repeat: collect `rollout_chunks` fresh rows -> PPO update -> publish the new weights
+    publish weights v0 -> repeat: collect `rollout_chunks` fresh rows -> [buffer intervention chunks as offline
+    rows] -> PPO update (mixing in offline rows when `algorithm.offline.ratio > 0`) -> publish the new weights
     (unless every step was skipped) -> log -> stop on repeated skipped steps -> checkpoint every N updates ->
     after `num_updates`: final checkpoint (unless just written), tell actors to stop, exit.
 Checkpoints (`checkpoint.py`) use LeRobot's layout; `--resume=true` restores weights, optimizers, RNG and
@@ -38,6 +39,7 @@ from . import checkpoint
 from .config import PiRLTrainRLServerPipelineConfig, apply_torch_threads, policy_dataset_stats
 from .console import setup_logging
 from .metrics import Counters, DropCounts, EpisodeWindow, MetricsFile, console_line, update_log
+from .offline import build_offline_source
 from .schema import (
     GROUP_ID,
     NUM_EXECUTED,
@@ -122,6 +124,7 @@ class PiRLLearner:
                 logger.info("[LEARNER] shutdown requested after %d updates", self.counters.updates)
                 break
             t_collect = time.perf_counter() - t0
+            self.buffer_interventions(rows)
             result = self.algorithm.update_rollout(transitions_to_rollout(rows))
             self.counters.updates += 1
             if result.weights_changed:
@@ -170,6 +173,12 @@ class PiRLLearner:
             rows, self.pending = usable, [tr for tr in self.pending if id(tr) not in taken]
         self.drain_interactions()
         return rows
+
+    def buffer_interventions(self, rows: list[Transition]) -> None:
+        """With `algorithm.offline.interventions`, the chunks a human took over become offline SFT rows."""
+        offline = getattr(self.algorithm, "offline", None)
+        if offline is not None:
+            offline.add_interventions(rows)
 
     def usable(self, rows: list[Transition]) -> list[Transition]:
         """Rows an update may use now: all of them for GAE; for GRPO the rows of complete groups."""
@@ -306,6 +315,8 @@ def build_learner(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event=None) -> 
         pretrained_path=str(cfg.policy.pretrained_path) if cfg.policy.pretrained_path else None,
         dataset_stats=policy_dataset_stats(cfg),
     )
+    # Offline datasets load (and fail on a bad setting) here, before any actor can connect.
+    algorithm.offline = build_offline_source(cfg, preprocessor)
     learner = PiRLLearner(cfg, policy, algorithm, preprocessor, postprocessor, None, shutdown_event)
     if cfg.resume:
         learner.resume()  # before the server starts: a broken checkpoint never leaves a port bound
