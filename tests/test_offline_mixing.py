@@ -355,11 +355,18 @@ def test_the_learner_mixes_a_real_dataset_into_its_updates(tmp_path, synthetic_d
     assert len(seen) == 2
     assert all(shape == (16, 4, 4) and "action_is_pad" in keys for shape, keys in seen)
 
+    # The checkpoint's train config keeps the settings (a resumed or re-launched run mixes alike).
+    from lerobot_policy_pi_rl.runtime.cli import load_config
+
+    saved = tmp_path / "run" / "checkpoints" / "last" / "pretrained_model" / "train_config.json"
+    offline = load_config([f"--config_path={saved}"]).algorithm.offline
+    assert (offline.ratio, offline.loss_weight, offline.repo_ids) == (0.5, 0.5, [SYNTHETIC_REPO_ID])
+
 
 def test_intervention_chunks_are_masked_from_ppo_and_trained_on_through_the_learner(tmp_path, torch_single_thread):
     """Transitions as an actor sends them (real chains, two chunks flagged as a human takeover) go through the
     learner's real queue, arrival check, update and metrics: the flagged chunks leave the PPO ratio and feed the
-    flow-matching term through the intervention buffer."""
+    flow-matching term through the intervention buffer, a flagged chunk too stale for PPO included."""
     from lerobot.transport.utils import transitions_to_bytes
 
     from lerobot_policy_pi_rl.runtime.cli import load_config
@@ -372,6 +379,9 @@ def test_intervention_chunks_are_masked_from_ppo_and_trained_on_through_the_lear
     learner = build_learner(load_config(args), shutdown_event=threading.Event())
     try:
         policy = learner.policy
+        # Weights at version 3 (as after three updates): rows of version 0 are past the staleness bound of 2.
+        learner.algorithm.load_state_dict({"policy_version": torch.tensor(3), "num_updates": torch.tensor(0),
+                                           "optimization_step": torch.tensor(0)})
         g = torch.Generator().manual_seed(0)
         obs = {OBS_STATE: torch.randn(8, 18, generator=g), OBS_ENV_STATE: torch.randn(8, 3, generator=g)}
         sample = policy.sample_chain(obs, generator=g)
@@ -384,21 +394,29 @@ def test_intervention_chunks_are_masked_from_ppo_and_trained_on_through_the_lear
             rows.append(chunk_transition(
                 observation={k: v[i : i + 1] for k, v in obs.items()},
                 next_observation={k: v[i : i + 1] for k, v in obs.items()}, sample=sample, row=i,
-                outcome=outcome, origin=ChunkOrigin(0, learner.session, 0, i)))
+                outcome=outcome, origin=ChunkOrigin(3, learner.session, 0, i)))
+        stale = ChunkOutcome(next_observation={}, executed=torch.full((2, 4), -0.5), reward=0.0, terminated=False,
+                             truncated=False, success=False, intervention=True)
+        rows.append(chunk_transition(observation={k: v[:1] for k, v in obs.items()},
+                                     next_observation={k: v[:1] for k, v in obs.items()}, sample=sample, row=0,
+                                     outcome=stale, origin=ChunkOrigin(0, learner.session, 1, 0)))
         learner.transport.transition_queue.put(transitions_to_bytes(rows))
         assert learner.run() == 0
     finally:
         learner.close()
 
     buffer = learner.algorithm.offline.interventions
-    assert len(buffer) == 2 and buffer.added == 2
-    # No dataset stats on this run: the normalizer is the identity, the chunk is the executed actions.
-    stored = buffer.batch([0, 1])
-    torch.testing.assert_close(stored[ACTION], torch.stack([executed[2], executed[5]]))
-    torch.testing.assert_close(stored[OBS_STATE], obs[OBS_STATE][flagged])
+    assert len(buffer) == 3 and buffer.added == 3
+    # No dataset stats on this run: the normalizer is the identity, the chunk is the executed actions, padded.
+    stored = buffer.batch([0, 1, 2])
+    torch.testing.assert_close(stored[ACTION][:2], torch.stack([executed[2], executed[5]]))
+    torch.testing.assert_close(stored[ACTION][2, :2], torch.full((2, 4), -0.5))
+    assert stored["action_is_pad"].tolist() == [[False] * 4, [False] * 4, [False, False, True, True]]
+    torch.testing.assert_close(stored[OBS_STATE], obs[OBS_STATE][[2, 5, 0]])
     (log,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert log["samples/interventions"] == 2 and log["samples/used"] == 6
-    # round(0.25 * 8) = 2 offline rows with 8 online rows, for each of the 4 epochs.
+    assert log["rollout/dropped_stale"] == 1
+    # round(0.25 * 8) = 2 offline rows with the minibatch of 8 online rows (one epoch).
     assert log["rollout/offline_share"] == pytest.approx(0.2)
     assert np.isfinite(log["loss/offline_fm"])
 

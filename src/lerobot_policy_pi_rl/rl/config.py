@@ -107,8 +107,9 @@ class OfflineConfig:
     # Chunks in which a human intervened (masked from the PPO ratio as `mask_interventions` says) also become
     # offline rows: their observation and executed action chunk enter a FIFO buffer sampled with the datasets.
     interventions: bool = False
-    # Capacity of that buffer, in chunks (the oldest are dropped first).
-    intervention_buffer_size: int = 2048
+    # Capacity of that buffer, in chunks (the oldest are dropped first). Each chunk keeps its preprocessed
+    # observation in learner memory, images included; the buffer is not saved in checkpoints.
+    intervention_buffer_size: int = 1024
 
     def __post_init__(self) -> None:
         require(0 <= self.ratio < 1, f"algorithm.offline.ratio={self.ratio} must be in [0, 1)")

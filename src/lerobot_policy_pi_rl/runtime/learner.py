@@ -5,8 +5,9 @@
     (`lerobot-pi-rl-learner ...`; `--algorithm.type=sac` runs LeRobot's stock SAC learner unchanged.)
 
 The loop, one stage per line (`PiRLLearner.run`):
-    publish weights v0 -> repeat: collect `rollout_chunks` fresh rows -> [buffer intervention chunks as offline
-    rows] -> PPO update (mixing in offline rows when `algorithm.offline.ratio > 0`) -> publish the new weights
+    publish weights v0 -> repeat: collect `rollout_chunks` fresh rows (buffering intervention chunks as offline
+    rows on arrival) -> PPO update (mixing in offline rows when `algorithm.offline.ratio > 0`) -> publish the new
+    weights
     (unless every step was skipped) -> log -> stop on repeated skipped steps -> checkpoint every N updates ->
     after `num_updates`: final checkpoint (unless just written), tell actors to stop, exit.
 Checkpoints (`checkpoint.py`) use LeRobot's layout; `--resume=true` restores weights, optimizers, RNG and
@@ -124,7 +125,6 @@ class PiRLLearner:
                 logger.info("[LEARNER] shutdown requested after %d updates", self.counters.updates)
                 break
             t_collect = time.perf_counter() - t0
-            self.buffer_interventions(rows)
             result = self.algorithm.update_rollout(transitions_to_rollout(rows))
             self.counters.updates += 1
             if result.weights_changed:
@@ -164,7 +164,9 @@ class PiRLLearner:
                 message = self.transport.transition_queue.get(timeout=0.1)
             except Empty:
                 continue
-            self.pending.extend(self.keep_fresh(self.accept(bytes_to_transitions(message))))
+            admitted = self.accept(bytes_to_transitions(message))
+            self.buffer_interventions(admitted)
+            self.pending.extend(self.keep_fresh(admitted))
         usable = self.usable(self.pending)
         if self.group_size == 1:
             rows, self.pending = self.pending[:need], self.pending[need:]
@@ -175,7 +177,8 @@ class PiRLLearner:
         return rows
 
     def buffer_interventions(self, rows: list[Transition]) -> None:
-        """With `algorithm.offline.interventions`, the chunks a human took over become offline SFT rows."""
+        """With `algorithm.offline.interventions`, the chunks a human took over become offline SFT rows, on arrival:
+        a supervised target does not age with the policy version, so a stale takeover still counts."""
         offline = getattr(self.algorithm, "offline", None)
         if offline is not None:
             offline.add_interventions(rows)
