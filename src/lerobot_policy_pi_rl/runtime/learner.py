@@ -7,8 +7,8 @@
 The loop, one stage per line (`PiRLLearner.run`):
     publish weights v0 -> repeat: collect `rollout_chunks` fresh rows (buffering intervention chunks as offline
     rows on arrival) -> PPO update (mixing in offline rows when `algorithm.offline.ratio > 0`) -> publish the
-    new weights (unless every step was skipped) -> log -> stop on repeated skipped steps -> checkpoint every N updates ->
-    after `num_updates`: final checkpoint (unless just written), tell actors to stop, exit.
+    new weights (unless every step was skipped) -> log -> stop on repeated skipped steps -> checkpoint every N
+    updates -> after `num_updates`: final checkpoint (unless just written), tell actors to stop, exit.
 Checkpoints (`checkpoint.py`) use LeRobot's layout; `--resume=true` restores weights, optimizers, RNG and
 counters from `checkpoints/last` or fails loudly. Metrics (`metrics.py`) go to `metrics.jsonl`, the console and,
 with `--wandb.enable=true`, to W&B through LeRobot's own logger.
