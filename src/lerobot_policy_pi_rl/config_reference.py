@@ -150,6 +150,9 @@ def generate() -> str:
             "Fields this package adds to LeRobot's `TrainRLServerPipelineConfig` (all of LeRobot's fields apply too).",
             PiRLTrainRLServerPipelineConfig, "", base_fields - (own - base_fields),
         )
+        security = type(PiRLTrainRLServerPipelineConfig().security)
+        lines += _table("Transport security `security`", security.__doc__.strip().splitlines()[0], security,
+                        "security.")
     _ = (FlowMLPBackboneConfig, FlowNoiseConfig, FlowSDEConfig, typing)
     return "\n".join(lines).rstrip() + "\n"
 

@@ -17,7 +17,7 @@ import datetime as dt
 import json
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,41 @@ from lerobot.rl.train_rl import TrainRLServerPipelineConfig
 
 from ..configuration_pi_rl import PiRLConfig, drop_removed_fields, load_policy_config
 from ..validation import require
+from .transport import check_network_exposure, is_loopback
 
 ALGORITHMS = ("pi_rl", "sac")
+
+
+@dataclass
+class TransportSecurityConfig:
+    """TLS and a shared token on the learner's gRPC server: both off by default, both required off loopback.
+
+    Only paths and a variable's name are stored (they are saved with every checkpoint's train_config.json), never
+    the token itself. The learner reads the certificate and key, an actor the CA; both read the token."""
+
+    # Learner: PEM certificate (chain) its gRPC server presents, with `tls_key_path`. Setting any `tls_*_path`
+    # turns TLS on, for the learner and its actors alike.
+    tls_cert_path: Path | None = None
+    # Learner: PEM private key of `tls_cert_path`.
+    tls_key_path: Path | None = None
+    # Actors: PEM certificate(s) they verify the learner against (the CA that signed it, or the learner's
+    # self-signed certificate itself). Unset: `tls_cert_path` (right for a self-signed certificate).
+    tls_ca_path: Path | None = None
+    # Actors: the name the learner's certificate must carry when it differs from `learner_host` (e.g. actors dial
+    # an IP address, the certificate names a host). Unset: `learner_host`.
+    tls_server_name: str | None = None
+    # Name of the environment variable that holds the shared token (learner and actors). Every call must carry it.
+    token_env: str | None = None
+    # File that holds the shared token (stripped of surrounding whitespace); the alternative to `token_env`.
+    token_file: Path | None = None
+
+    @property
+    def tls_enabled(self) -> bool:
+        return any((self.tls_cert_path, self.tls_key_path, self.tls_ca_path))
+
+    @property
+    def token_enabled(self) -> bool:
+        return bool(self.token_env or self.token_file)
 
 
 @dataclass(kw_only=True)
@@ -61,6 +94,9 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
     # by the learner and the `num_actors` actors (cores // (num_actors + 1), at least 1), so the processes of a
     # one-machine run do not oversubscribe the CPU (busy-waiting OpenMP threads slow every env step).
     torch_threads: int = 0
+    # TLS and a shared token on the actor <-> learner gRPC link (below). Required when `learner_host` is not a
+    # loopback address.
+    security: TransportSecurityConfig = field(default_factory=TransportSecurityConfig)
 
     def validate(self) -> None:
         policy_path = parser.get_path_arg("policy")
@@ -110,6 +146,7 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
             require(self.n_envs == 1, f"n_envs={self.n_envs}: env.type=gym_manipulator drives one robot, use 1")
         port = self.policy.actor_learner_config.learner_port
         require(0 < port < 65536, f"policy.actor_learner_config.learner_port={port} must be in 1..65535")
+        self.validate_security()
 
         if not self.job_name:
             self.job_name = f"{self.env.type}_{self.policy.type}"
@@ -129,6 +166,27 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
             )
             if not self.policy.repo_id:
                 self.policy.push_to_hub = False
+
+    def validate_security(self) -> None:
+        sec, host = self.security, self.policy.actor_learner_config.learner_host
+        require(
+            not (sec.token_env and sec.token_file),
+            f"security.token_env={sec.token_env!r} and security.token_file={str(sec.token_file)!r}: "
+            "set one of the two",
+        )
+        if self.algorithm.type != "pi_rl":
+            require(
+                not (sec.tls_enabled or sec.token_enabled or sec.tls_server_name),
+                f"security.* is set but algorithm.type={self.algorithm.type} runs LeRobot's stock transport, which "
+                "has no TLS or token",
+            )
+        if self.algorithm.type != "pi_rl" and not is_loopback(host):
+            raise ValueError(
+                f"policy.actor_learner_config.learner_host={host!r} is not a loopback address, and "
+                f"algorithm.type={self.algorithm.type} runs LeRobot's stock transport, which has no TLS or token: "
+                "keep it on 127.0.0.1"
+            )
+        check_network_exposure(host, sec, "policy.actor_learner_config.learner_host")
 
     # --- encoding (draccus 0.11 cannot encode `env.processor.reset`, a field typed `Any`) ---
 
