@@ -180,7 +180,7 @@ def _tiny_config(tmp_path, port: int, **over):
 
     from lerobot_policy_pi_rl.runtime.cli import load_config
 
-    return load_config(tiny_args(port, tmp_path / "run", n_envs=1, reconnect_timeout_s=10, **over))
+    return load_config(tiny_args(port, tmp_path / "run", **{"n_envs": 1, "reconnect_timeout_s": 10, **over}))
 
 
 def test_an_actor_exchanges_transitions_interactions_and_weights_with_a_tls_token_learner(
@@ -268,6 +268,49 @@ def test_a_call_without_the_right_token_is_refused_logged_once_per_peer_and_coun
     # The right token still gets through afterwards.
     good = ClientSecurity(root_certificates=cert.read_bytes(), token=TOKEN)
     assert wait_for_learner("127.0.0.1", learner.port, threading.Event(), timeout_s=10, security=good)
+
+
+def test_the_learners_own_transport_refuses_and_reports_the_refusals_when_it_stops(
+        tmp_path, certs, token_env, caplog):
+    """`build_transport` (what `build_learner` calls) serves TLS with the token check; `PiRLLearner.close` reports
+    the refused calls per peer address."""
+    from lerobot_policy_pi_rl.runtime.learner import PiRLLearner, build_transport
+
+    cert, key = certs["learner"]
+    cfg = _tiny_config(tmp_path, free_loopback_port(), **{f"security.{k}": v for k, v in tls_and_token(certs).items()})
+    shutdown = threading.Event()
+    transport = build_transport(cfg, shutdown)
+    learner = PiRLLearner(cfg, None, None, None, None, transport, shutdown)
+    caplog.set_level(logging.WARNING)
+    try:
+        port = cfg.policy.actor_learner_config.learner_port
+        stub, channel = new_client("127.0.0.1", port, ClientSecurity(root_certificates=cert.read_bytes(),
+                                                                    token="guess"))
+        try:
+            assert call_every_kind(stub) == [grpc.StatusCode.UNAUTHENTICATED] * 4
+        finally:
+            channel.close()
+        assert wait_for_learner("127.0.0.1", port, shutdown, timeout_s=10, security=client_security(cfg.security))
+    finally:
+        learner.close()
+    assert transport.auth.refused_calls == 4
+    summary = [r.getMessage() for r in caplog.records if "refused 4 calls" in r.getMessage()]
+    assert summary and "'ipv4:127.0.0.1': 4" in summary[0], caplog.text
+    assert TOKEN not in caplog.text and "guess" not in caplog.text
+
+
+def test_an_actor_whose_token_is_refused_stops_at_once_naming_the_token_fields(
+        tmp_path, certs, token_env, learner_factory, monkeypatch):
+    from lerobot_policy_pi_rl.runtime.actor import build_actor
+
+    cert, _ = certs["learner"]
+    learner = learner_factory(**tls_and_token(certs))
+    cfg = _tiny_config(tmp_path, learner.port, reconnect_timeout_s=60,
+                       **{"security.tls_ca_path": cert, "security.token_env": token_env})
+    monkeypatch.setenv(TOKEN_ENV, "an-old-token")
+    with pytest.raises(LearnerRefusedToken, match="a wrong token.*security.token_env or security.token_file"):
+        build_actor(cfg, shutdown_event=threading.Event())
+    assert learner.auth.refused_calls == 1  # one refusal, no retries until reconnect_timeout_s
 
 
 def test_a_token_without_tls_works_on_loopback(learner_factory, token_env):
