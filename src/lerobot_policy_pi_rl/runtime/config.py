@@ -175,17 +175,11 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
             "set one of the two",
         )
         if self.algorithm.type != "pi_rl":
-            require(
-                not (sec.tls_enabled or sec.token_enabled or sec.tls_server_name),
-                f"security.* is set but algorithm.type={self.algorithm.type} runs LeRobot's stock transport, which "
-                "has no TLS or token",
-            )
-        if self.algorithm.type != "pi_rl" and not is_loopback(host):
-            raise ValueError(
-                f"policy.actor_learner_config.learner_host={host!r} is not a loopback address, and "
-                f"algorithm.type={self.algorithm.type} runs LeRobot's stock transport, which has no TLS or token: "
-                "keep it on 127.0.0.1"
-            )
+            stock = f"algorithm.type={self.algorithm.type} runs LeRobot's stock transport, which has no TLS or token"
+            require(not (sec.tls_enabled or sec.token_enabled or sec.tls_server_name),
+                    f"security.* is set but {stock}")
+            require(is_loopback(host), f"policy.actor_learner_config.learner_host={host!r} is not a loopback "
+                    f"address, and {stock}: keep it on 127.0.0.1")
         check_network_exposure(host, sec, "policy.actor_learner_config.learner_host")
 
     # --- encoding (draccus 0.11 cannot encode `env.processor.reset`, a field typed `Any`) ---

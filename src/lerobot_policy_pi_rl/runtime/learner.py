@@ -282,7 +282,7 @@ class PiRLLearner:
         time.sleep(0.2)
         self.shutdown_event.set()
         stop_server(self.transport.server, grace_s=2.0)
-        auth = getattr(self.transport, "auth", None)
+        auth = self.transport.auth
         if auth is not None and auth.refused_calls:
             logger.warning("[LEARNER] refused %d calls without the right token, by peer: %s", auth.refused_calls,
                            auth.refusals())
