@@ -36,12 +36,12 @@ from lerobot.transport.utils import (  # noqa: E402
     state_to_bytes,
 )
 
-from lerobot_policy_pi_rl.runtime.config import TransportSecurityConfig  # noqa: E402
 from lerobot_policy_pi_rl.runtime.transport import (  # noqa: E402
     PLAINTEXT,
     BroadcastLearnerService,
     ClientSecurity,
     LearnerRefusedToken,
+    TransportSecurityConfig,
     client_security,
     free_loopback_port,
     is_loopback,

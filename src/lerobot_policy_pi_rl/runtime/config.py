@@ -31,41 +31,9 @@ from lerobot.rl.train_rl import TrainRLServerPipelineConfig
 
 from ..configuration_pi_rl import PiRLConfig, drop_removed_fields, load_policy_config
 from ..validation import require
-from .transport import check_network_exposure, is_loopback
+from .transport import TransportSecurityConfig, check_network_exposure, is_loopback
 
 ALGORITHMS = ("pi_rl", "sac")
-
-
-@dataclass
-class TransportSecurityConfig:
-    """TLS and a shared token on the learner's gRPC server: both off by default, both required off loopback.
-
-    Only paths and a variable's name are stored (they are saved with every checkpoint's train_config.json), never
-    the token itself. The learner reads the certificate and key, an actor the CA; both read the token."""
-
-    # Learner: PEM certificate (chain) its gRPC server presents, with `tls_key_path`. Setting any `tls_*_path`
-    # turns TLS on, for the learner and its actors alike.
-    tls_cert_path: Path | None = None
-    # Learner: PEM private key of `tls_cert_path`.
-    tls_key_path: Path | None = None
-    # Actors: PEM certificate(s) they verify the learner against (the CA that signed it, or the learner's
-    # self-signed certificate itself). Unset: `tls_cert_path` (right for a self-signed certificate).
-    tls_ca_path: Path | None = None
-    # Actors: the name the learner's certificate must carry when it differs from `learner_host` (e.g. actors dial
-    # an IP address, the certificate names a host). Unset: `learner_host`.
-    tls_server_name: str | None = None
-    # Name of the environment variable that holds the shared token (learner and actors). Every call must carry it.
-    token_env: str | None = None
-    # File that holds the shared token (stripped of surrounding whitespace); the alternative to `token_env`.
-    token_file: Path | None = None
-
-    @property
-    def tls_enabled(self) -> bool:
-        return any((self.tls_cert_path, self.tls_key_path, self.tls_ca_path))
-
-    @property
-    def token_enabled(self) -> bool:
-        return bool(self.token_env or self.token_file)
 
 
 @dataclass(kw_only=True)

@@ -28,7 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
@@ -36,9 +36,6 @@ from lerobot.rl.learner_service import SHUTDOWN_TIMEOUT, LearnerService
 from lerobot.rl.queue import get_last_item_from_queue
 from lerobot.transport import services_pb2, services_pb2_grpc
 from lerobot.transport.utils import MAX_MESSAGE_SIZE, grpc_channel_options, send_bytes_in_chunks
-
-if TYPE_CHECKING:
-    from .config import TransportSecurityConfig
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +106,38 @@ def free_loopback_port() -> int:
 
 # gRPC metadata keys are lower case; the value is `Bearer <token>`, as in HTTP.
 AUTH_METADATA_KEY = "authorization"
+
+
+@dataclass
+class TransportSecurityConfig:
+    """TLS and a shared token on the learner's gRPC server: both off by default, both required off loopback.
+
+    Only paths and a variable's name are stored (they are saved with every checkpoint's train_config.json), never
+    the token itself. The learner reads the certificate and key, an actor the CA; both read the token."""
+
+    # Learner: PEM certificate (chain) its gRPC server presents, with `tls_key_path`. Setting any `tls_*_path`
+    # turns TLS on, for the learner and its actors alike.
+    tls_cert_path: Path | None = None
+    # Learner: PEM private key of `tls_cert_path`.
+    tls_key_path: Path | None = None
+    # Actors: PEM certificate(s) they verify the learner against (the CA that signed it, or the learner's
+    # self-signed certificate itself). Unset: `tls_cert_path` (right for a self-signed certificate).
+    tls_ca_path: Path | None = None
+    # Actors: the name the learner's certificate must carry when it differs from `learner_host` (e.g. actors dial
+    # an IP address, the certificate names a host). Unset: `learner_host`.
+    tls_server_name: str | None = None
+    # Name of the environment variable that holds the shared token (learner and actors). Every call must carry it.
+    token_env: str | None = None
+    # File that holds the shared token (stripped of surrounding whitespace); the alternative to `token_env`.
+    token_file: Path | None = None
+
+    @property
+    def tls_enabled(self) -> bool:
+        return any((self.tls_cert_path, self.tls_key_path, self.tls_ca_path))
+
+    @property
+    def token_enabled(self) -> bool:
+        return bool(self.token_env or self.token_file)
 
 
 def is_loopback(host: str) -> bool:
