@@ -152,6 +152,10 @@ def generate() -> str:
             "Fields this package adds to LeRobot's `TrainRLServerPipelineConfig` (all of LeRobot's fields apply too).",
             PiRLTrainRLServerPipelineConfig, "", base_fields - (own - base_fields),
         )
+        from .runtime.transport import TransportSecurityConfig
+
+        lines += _table("Transport security `security`", TransportSecurityConfig.__doc__.strip().splitlines()[0],
+                        TransportSecurityConfig, "security.")
     _ = (FlowMLPBackboneConfig, FlowNoiseConfig, FlowSDEConfig, typing)
     return "\n".join(lines).rstrip() + "\n"
 

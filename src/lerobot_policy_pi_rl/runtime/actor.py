@@ -37,7 +37,16 @@ from .config import PiRLTrainRLServerPipelineConfig, apply_torch_threads, policy
 from .env_streams import StepResult, assign_groups, make_env_streams
 from .metrics import TimeSplit
 from .schema import GROUP_EPISODE_BITS, STREAM_STRIDE, ChunkOrigin, ChunkOutcome, chunk_transition
-from .transport import LEARNER_SESSION_KEY, TRAINING_DONE_KEY, new_client, wait_for_learner
+from .transport import (
+    LEARNER_SESSION_KEY,
+    PLAINTEXT,
+    TRAINING_DONE_KEY,
+    ClientSecurity,
+    LearnerRefusedToken,
+    client_security,
+    new_client,
+    wait_for_learner,
+)
 
 logger = logging.getLogger("lerobot_policy_pi_rl.actor")
 
@@ -268,11 +277,12 @@ class PiRLActor:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _keep_streaming(name: str, worker, cfg, queue: Queue, shutdown_event, learner_lost: threading.Event) -> None:
+def _keep_streaming(name: str, worker, cfg, queue: Queue, shutdown_event, learner_lost: threading.Event,
+                    security: ClientSecurity) -> None:
     """Run one of LeRobot's actor transport workers; when its stream breaks, wait for the learner and rerun."""
     alc = cfg.policy.actor_learner_config
     while not shutdown_event.is_set():
-        stub, channel = new_client(alc.learner_host, alc.learner_port)
+        stub, channel = new_client(alc.learner_host, alc.learner_port, security)
         try:
             worker(cfg, queue, shutdown_event, stub, channel)
         finally:
@@ -280,14 +290,22 @@ def _keep_streaming(name: str, worker, cfg, queue: Queue, shutdown_event, learne
         if shutdown_event.is_set():
             return
         logger.warning("[ACTOR] %s stream to the learner ended; reconnecting", name)
-        if not wait_for_learner(alc.learner_host, alc.learner_port, shutdown_event, cfg.reconnect_timeout_s):
+        try:
+            back = wait_for_learner(alc.learner_host, alc.learner_port, shutdown_event, cfg.reconnect_timeout_s,
+                                    security)
+        except LearnerRefusedToken as err:
+            logger.error("[ACTOR] %s", err)
+            learner_lost.set()
+            return
+        if not back:
             if not shutdown_event.is_set():
                 logger.error("[ACTOR] learner unreachable for %.0fs: giving up", cfg.reconnect_timeout_s)
                 learner_lost.set()
             return
 
 
-def start_workers(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event) -> Workers:
+def start_workers(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event,
+                  security: ClientSecurity = PLAINTEXT) -> Workers:
     # LeRobot's workers close their channel and re-init logging unless they run as threads.
     cfg.policy.concurrency.actor = "threads"
     workers = Workers(Queue(), Queue(), Queue())
@@ -298,7 +316,7 @@ def start_workers(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event) -> Worke
     ):
         thread = threading.Thread(
             target=_keep_streaming,
-            args=(name, fn, cfg, queue, shutdown_event, workers.learner_lost),
+            args=(name, fn, cfg, queue, shutdown_event, workers.learner_lost, security),
             name=f"pi_rl-actor-{name}",
             daemon=True,
         )
@@ -320,6 +338,7 @@ def build_actor(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event=None) -> Pi
     set_seed(seed)
     if shutdown_event is None:
         shutdown_event = ProcessSignalHandler(use_threads=True).shutdown_event
+    security = client_security(cfg.security)  # a bad certificate or token path fails before any model is built
     policy = make_policy(cfg=cfg.policy, env_cfg=cfg.env)
     policy.eval()
     algorithm = PiRLAlgorithm(policy=policy, config=cfg.algorithm)
@@ -330,11 +349,11 @@ def build_actor(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event=None) -> Pi
     )
     streams = make_env_streams(cfg, cfg.n_envs, seed)
     alc = cfg.policy.actor_learner_config
-    if not wait_for_learner(alc.learner_host, alc.learner_port, shutdown_event, cfg.reconnect_timeout_s):
+    if not wait_for_learner(alc.learner_host, alc.learner_port, shutdown_event, cfg.reconnect_timeout_s, security):
         if shutdown_event.is_set():
             raise ActorStopped(f"stopped before the learner at {alc.learner_host}:{alc.learner_port} answered")
         raise ConnectionError(f"no learner at {alc.learner_host}:{alc.learner_port} after {cfg.reconnect_timeout_s}s")
-    workers = start_workers(cfg, shutdown_event)
+    workers = start_workers(cfg, shutdown_event, security)
     return PiRLActor(cfg, policy, algorithm, preprocessor, postprocessor, streams, workers, shutdown_event)
 
 

@@ -17,7 +17,7 @@ import datetime as dt
 import json
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from lerobot.rl.train_rl import TrainRLServerPipelineConfig
 
 from ..configuration_pi_rl import PiRLConfig, drop_removed_fields, load_policy_config
 from ..validation import require
+from .transport import TransportSecurityConfig, check_network_exposure, is_loopback
 
 ALGORITHMS = ("pi_rl", "sac")
 
@@ -61,6 +62,9 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
     # by the learner and the `num_actors` actors (cores // (num_actors + 1), at least 1), so the processes of a
     # one-machine run do not oversubscribe the CPU (busy-waiting OpenMP threads slow every env step).
     torch_threads: int = 0
+    # TLS and a shared token on the actor <-> learner gRPC link (below). Required when `learner_host` is not a
+    # loopback address.
+    security: TransportSecurityConfig = field(default_factory=TransportSecurityConfig)
 
     def validate(self) -> None:
         policy_path = parser.get_path_arg("policy")
@@ -110,6 +114,7 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
             require(self.n_envs == 1, f"n_envs={self.n_envs}: env.type=gym_manipulator drives one robot, use 1")
         port = self.policy.actor_learner_config.learner_port
         require(0 < port < 65536, f"policy.actor_learner_config.learner_port={port} must be in 1..65535")
+        self.validate_security()
 
         if not self.job_name:
             self.job_name = f"{self.env.type}_{self.policy.type}"
@@ -129,6 +134,21 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
             )
             if not self.policy.repo_id:
                 self.policy.push_to_hub = False
+
+    def validate_security(self) -> None:
+        sec, host = self.security, self.policy.actor_learner_config.learner_host
+        require(
+            not (sec.token_env and sec.token_file),
+            f"security.token_env={sec.token_env!r} and security.token_file={str(sec.token_file)!r}: "
+            "set one of the two",
+        )
+        if self.algorithm.type != "pi_rl":
+            stock = f"algorithm.type={self.algorithm.type} runs LeRobot's stock transport, which has no TLS or token"
+            require(not (sec.tls_enabled or sec.token_enabled or sec.tls_server_name),
+                    f"security.* is set but {stock}")
+            require(is_loopback(host), f"policy.actor_learner_config.learner_host={host!r} is not a loopback "
+                    f"address, and {stock}: keep it on 127.0.0.1")
+        check_network_exposure(host, sec, "policy.actor_learner_config.learner_host")
 
     # --- encoding (draccus 0.11 cannot encode `env.processor.reset`, a field typed `Any`) ---
 

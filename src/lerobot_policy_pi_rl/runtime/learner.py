@@ -53,7 +53,9 @@ from .transport import (
     LEARNER_SESSION_KEY,
     TRAINING_DONE_KEY,
     BroadcastLearnerService,
+    TokenAuthInterceptor,
     serve_learner,
+    server_security,
     stop_server,
 )
 
@@ -73,6 +75,8 @@ class Transport:
     parameters_queue: Any
     service: BroadcastLearnerService
     server: Any
+    # The token check (None without a token); counts the calls it refused.
+    auth: TokenAuthInterceptor | None = None
 
 
 class PiRLLearner:
@@ -289,6 +293,10 @@ class PiRLLearner:
         time.sleep(0.2)
         self.shutdown_event.set()
         stop_server(self.transport.server, grace_s=2.0)
+        auth = self.transport.auth
+        if auth is not None and auth.refused_calls:
+            logger.warning("[LEARNER] refused %d calls without the right token, by peer: %s", auth.refused_calls,
+                           auth.refusals())
         if self.wandb is not None:
             import wandb
 
@@ -343,9 +351,12 @@ def build_transport(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event) -> Tra
         queue_get_timeout=cfg.policy.actor_learner_config.queue_get_timeout,
     )
     alc = cfg.policy.actor_learner_config
-    server = serve_learner(service, alc.learner_host, alc.learner_port, cfg.num_actors)
-    logger.info("[LEARNER] gRPC server listening on %s:%d", alc.learner_host, alc.learner_port)
-    return Transport(queues[0], queues[1], queues[2], service, server)
+    security = server_security(cfg.security)
+    server = serve_learner(service, alc.learner_host, alc.learner_port, cfg.num_actors, security)
+    logger.info("[LEARNER] gRPC server listening on %s:%d (%s, %s)", alc.learner_host, alc.learner_port,
+                "TLS" if security.credentials is not None else "plaintext",
+                "token required" if security.auth is not None else "no token")
+    return Transport(queues[0], queues[1], queues[2], service, server, security.auth)
 
 
 def run_learner(cfg: PiRLTrainRLServerPipelineConfig) -> int:

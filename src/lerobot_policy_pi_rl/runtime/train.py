@@ -19,7 +19,7 @@ import time
 
 from .cli import load_config
 from .console import console_level
-from .transport import wait_for_learner
+from .transport import ClientSecurity, client_security, wait_for_learner
 
 logger = logging.getLogger("lerobot_policy_pi_rl.train")
 
@@ -46,6 +46,11 @@ def _stop_all(children: list[subprocess.Popen], grace_s: float = GRACE_S) -> Non
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = load_config(argv)  # exits 2 on a bad configuration, before any child starts
+    try:
+        security = client_security(cfg.security)  # unreadable certificate, unset token variable, ...
+    except ValueError as err:
+        print(f"error: invalid configuration: {err}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=console_level(), format="%(levelname)s %(asctime)s train: %(message)s", force=True)
     argv = [a for a in argv if not a.startswith("--actor_index")]
     stop = {"signal": None}
@@ -60,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     children = [learner]
     try:
         alc = cfg.policy.actor_learner_config
-        if not _wait_ready(learner, alc.learner_host, alc.learner_port, stop):
+        if not _wait_ready(learner, alc.learner_host, alc.learner_port, stop, security):
             logger.error("the learner did not come up (exit code %s)", learner.poll())
             return learner.poll() or 1
         actors = [_child("actor", [*argv, f"--actor_index={i}"]) for i in range(cfg.num_actors)]
@@ -73,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         _stop_all(children)
 
 
-def _wait_ready(learner: subprocess.Popen, host: str, port: int, stop: dict) -> bool:
+def _wait_ready(learner: subprocess.Popen, host: str, port: int, stop: dict, security: ClientSecurity) -> bool:
     class _Stop:
         def is_set(self) -> bool:
             return stop["signal"] is not None or learner.poll() is not None
@@ -81,7 +86,7 @@ def _wait_ready(learner: subprocess.Popen, host: str, port: int, stop: dict) -> 
         def wait(self, timeout: float) -> None:
             time.sleep(timeout)
 
-    return wait_for_learner(host, port, _Stop(), timeout_s=600.0)
+    return wait_for_learner(host, port, _Stop(), timeout_s=600.0, security=security)
 
 
 def _supervise(learner: subprocess.Popen, actors: list[subprocess.Popen], stop: dict) -> int:
