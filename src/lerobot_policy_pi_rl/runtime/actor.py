@@ -7,6 +7,8 @@ The loop, one stage per line (`PiRLActor.run`), over `n_envs` envs at once:
     wait for weights -> repeat: apply new weights (between chunks, never mid-chunk) -> preprocess observations ->
     sample_chain (one batch for all envs) -> execute up to C actions per env (stop at done) -> send one chunk
     transition per env -> reset finished envs (policy.reset()) and report their episodes.
+With `record_rollouts`, each env step is also handed to a `RolloutRecorder` (a copy; a writer thread saves finished
+episodes as a LeRobotDataset).
 Transport: LeRobot's `receive_policy` / `send_transitions` / `send_interactions` workers, each wrapped in a
 reconnect loop, so a restarted learner is picked up (rows of the old learner run are dropped by the new one).
 The actor stops when the learner says training is done, on SIGINT/SIGTERM, after `actor_max_chunks`, or when
@@ -36,6 +38,7 @@ from lerobot.utils.random_utils import set_seed
 from .config import PiRLTrainRLServerPipelineConfig, apply_torch_threads, policy_dataset_stats
 from .env_streams import StepResult, assign_groups, make_env_streams
 from .metrics import TimeSplit
+from .rollout_recorder import RolloutRecorder, build_recorder
 from .schema import GROUP_EPISODE_BITS, STREAM_STRIDE, ChunkOrigin, ChunkOutcome, chunk_transition
 from .transport import (
     LEARNER_SESSION_KEY,
@@ -76,7 +79,7 @@ class Workers:
 
 class PiRLActor:
     def __init__(self, cfg: PiRLTrainRLServerPipelineConfig, policy, algorithm, preprocessor, postprocessor, streams,
-                 workers: Workers, shutdown_event):
+                 workers: Workers, shutdown_event, recorder: RolloutRecorder | None = None):
         self.cfg = cfg
         self.policy = policy
         self.algorithm = algorithm
@@ -85,6 +88,7 @@ class PiRLActor:
         self.streams = streams
         self.workers = workers
         self.shutdown_event = shutdown_event
+        self.recorder = recorder
         self.device = torch.device(cfg.policy.device)
         self.C = cfg.policy.n_action_steps
         self.session = -1
@@ -171,7 +175,11 @@ class PiRLActor:
 
     def reset_all(self) -> list[dict]:
         self.policy.reset()
-        return [stream.reset() for stream in self.streams]
+        observations = [stream.reset() for stream in self.streams]
+        if self.recorder is not None:
+            for i, observation in enumerate(observations):
+                self.recorder.begin(i, observation)
+        return observations
 
     def preprocess(self, observations: list[dict]) -> list[dict[str, torch.Tensor]]:
         """Per env: the policy's preprocessor (normalize, batch dim, device) with the env's task string."""
@@ -192,6 +200,8 @@ class PiRLActor:
         for action in actions:
             step = self.streams[i].step(action)
             self.episode[i].add(step)
+            if self.recorder is not None:
+                self.recorder.step(i, step, self.algorithm.policy_version)
             executed.append(step.executed_action.reshape(-1))
             reward += step.reward
             intervention |= step.intervention
@@ -240,9 +250,13 @@ class PiRLActor:
         for i, out in enumerate(outcomes):
             if out.terminated or out.truncated:
                 self.report_episode(i)
+                if self.recorder is not None:
+                    self.recorder.end_episode(i)
                 self.policy.reset()
                 with self.time_split("env"):
                     observation = self.streams[i].reset()
+                if self.recorder is not None:
+                    self.recorder.begin(i, observation)
                 with self.time_split("processors"):
                     batch[i] = self.preprocess_one(i, observation)
         return batch
@@ -266,10 +280,14 @@ class PiRLActor:
 
     def close(self) -> None:
         self.shutdown_event.set()
-        for t in self.workers.threads:
-            t.join(timeout=5.0)
-        for stream in self.streams:
-            stream.close()
+        try:
+            if self.recorder is not None:
+                self.recorder.close()  # first: finished episodes are written before anything else can fail
+        finally:
+            for t in self.workers.threads:
+                t.join(timeout=5.0)
+            for stream in self.streams:
+                stream.close()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -354,7 +372,9 @@ def build_actor(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event=None) -> Pi
             raise ActorStopped(f"stopped before the learner at {alc.learner_host}:{alc.learner_port} answered")
         raise ConnectionError(f"no learner at {alc.learner_host}:{alc.learner_port} after {cfg.reconnect_timeout_s}s")
     workers = start_workers(cfg, shutdown_event, security)
-    return PiRLActor(cfg, policy, algorithm, preprocessor, postprocessor, streams, workers, shutdown_event)
+    actor = PiRLActor(cfg, policy, algorithm, preprocessor, postprocessor, streams, workers, shutdown_event)
+    actor.recorder = build_recorder(cfg, streams, actor.stream_ids)
+    return actor
 
 
 def run_actor(cfg: PiRLTrainRLServerPipelineConfig) -> int:

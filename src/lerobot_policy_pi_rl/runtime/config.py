@@ -65,6 +65,15 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
     # TLS and a shared token on the actor <-> learner gRPC link (below). Required when `learner_host` is not a
     # loopback address.
     security: TransportSecurityConfig = field(default_factory=TransportSecurityConfig)
+    # Actors save the episodes they finish as LeRobotDatasets, one per actor process under
+    # `<rollouts_root>/actor_<i>` (observations, executed actions, reward, done/success/intervention flags, policy
+    # version). Finished episodes are written when the actor stops (also on Ctrl-C); an unfinished one is dropped.
+    record_rollouts: bool = False
+    # Folder of the rollout datasets (default `<output_dir>/rollouts`); its `actor_<i>` folders must not exist yet
+    # (or be empty).
+    rollouts_root: Path | None = None
+    # Repo id written into each rollout dataset's metadata (the folder locates the data).
+    rollouts_repo_id: str = "local/rollouts"
 
     def validate(self) -> None:
         policy_path = parser.get_path_arg("policy")
@@ -122,6 +131,7 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
             now = dt.datetime.now()
             self.output_dir = Path("outputs/train") / f"{now:%Y-%m-%d}/{now:%H-%M-%S}_{self.job_name}"
         self.output_dir = Path(self.output_dir)
+        self.validate_recording()
         if self.use_policy_training_preset and not self.resume:
             self.optimizer = self.policy.get_optimizer_preset()
             self.scheduler = self.policy.get_scheduler_preset()
@@ -134,6 +144,17 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
             )
             if not self.policy.repo_id:
                 self.policy.push_to_hub = False
+
+    def validate_recording(self) -> None:
+        if not self.record_rollouts:
+            return
+        from .rollout_recorder import check_rollouts_dirs
+
+        require(self.algorithm.type == "pi_rl",
+                f"record_rollouts=true with algorithm.type={self.algorithm.type}: only pi_rl actors record rollouts")
+        require(bool(self.rollouts_repo_id), f"rollouts_repo_id={self.rollouts_repo_id!r} must not be empty")
+        # This process's own actor only: sibling actors create theirs while others start (the launcher checks all).
+        check_rollouts_dirs(self, [self.actor_index])
 
     def validate_security(self) -> None:
         sec, host = self.security, self.policy.actor_learner_config.learner_host

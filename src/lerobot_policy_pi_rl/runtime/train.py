@@ -19,6 +19,7 @@ import time
 
 from .cli import load_config
 from .console import console_level
+from .rollout_recorder import check_rollouts_dirs
 from .transport import ClientSecurity, client_security, wait_for_learner
 
 logger = logging.getLogger("lerobot_policy_pi_rl.train")
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(argv)  # exits 2 on a bad configuration, before any child starts
     try:
         security = client_security(cfg.security)  # unreadable certificate, unset token variable, ...
+        if cfg.record_rollouts:  # every actor's folder, before any actor starts (each actor checks only its own)
+            check_rollouts_dirs(cfg, range(cfg.num_actors))
     except ValueError as err:
         print(f"error: invalid configuration: {err}", file=sys.stderr)
         return 2
