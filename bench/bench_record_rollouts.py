@@ -1,12 +1,13 @@
 """What `--record_rollouts` costs the actor's env loop, measured side by side in one run.
 
-    MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa python bench/bench_record_rollouts.py [--episodes 4] [--repeats 3]
+    MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa python bench/bench_record_rollouts.py [--episodes 4] [--repeats 3] \\
+        [--observations state,state+camera64]
 
 The actor's env loop without a policy (PickCube, random actions, the actor's own `GymStream`): step, and with
-recording hand the step to a `RolloutRecorder` (its writer thread saves each finished episode as a LeRobotDataset
+recording hand the step to a `RolloutRecorder` (its writer process saves each finished episode as a LeRobotDataset
 meanwhile), reset at the end of an episode. Without a policy the loop is as fast as it gets, so the ratio is the
-worst case; an actor also spends time sampling chains. Rounds alternate recording off / on over the same seeds, so
-load on the machine hits both alike. Two observation sets: state only, and state + a 64 px camera frame (`blank`:
+worst case; an actor also spends time sampling chains. Rounds alternate recording off / on over the same seeds,
+so load on the machine hits both alike. Two observation sets: state only, and state + a 64 px camera frame (`blank`:
 the image costs the recorder its conversion and a PNG per frame, and the env no rendering).
 
 Prints, per observation set: env-loop ms per step off and on (median over rounds) and their ratio, the env loop's
@@ -87,16 +88,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=3, help="rounds (each: recording off, then on)")
     parser.add_argument("--episode_length", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--observations", default="state,state+camera64",
+                        help="comma-separated observation sets: state, state+camera64")
     args = parser.parse_args(argv)
     configs = {
         "state": PickCubeStateEnvConfig(episode_length=args.episode_length),
         "state+camera64": PickCubeStateEnvConfig(episode_length=args.episode_length, camera="blank",
                                                  camera_size=64),
     }
+    labels = args.observations.split(",")
+    unknown = sorted(set(labels) - set(configs))
+    if unknown:
+        parser.error(f"--observations: unknown {unknown}; known: {', '.join(configs)}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, env_cfg in configs.items():
-            rows.append(bench(label, env_cfg, args, Path(tmp)))
+        for label in labels:
+            rows.append(bench(label, configs[label], args, Path(tmp)))
     print(f"{'observations':<16} {'off ms/step':>12} {'on ms/step':>11} {'on/off':>7} {'hand-off us/step':>17} "
           f"{'close s':>8} {'episodes':>9}")
     for r in rows:

@@ -263,3 +263,14 @@ def test_ctrl_c_keeps_every_finished_episode_on_disk(tmp_path):
     assert_whole_episodes(ds, max_length=5)
     assert len(ds) == ds.meta.total_frames and ds[len(ds) - 1][ACTION].shape == (4,)
     assert not re.search(r"rollout recording .* failed", text)
+
+
+def test_the_bench_script_runs_its_smallest_size(capsys):
+    from test_bench_scripts import load_script
+
+    rows = load_script("bench_record_rollouts").main(["--episodes", "1", "--repeats", "1", "--episode_length", "4",
+                                                      "--observations", "state"])
+    assert [r["label"] for r in rows] == ["state"]
+    for r in rows:
+        assert r["episodes"] == 1 and r["off"] > 0 and r["on"] > 0 and r["handoff_us"] > 0
+    assert "hand-off us/step" in capsys.readouterr().out

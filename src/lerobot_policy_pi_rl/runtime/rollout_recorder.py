@@ -14,11 +14,11 @@ recorded step; an observation with a leading batch dim of 1 (LeRobot's sim and r
 
 Processes: the actor's env loop only copies each step's observation into its stream's episode (images already
 converted to uint8) and, when an episode ends, stacks it into a few arrays and puts it on a queue; a writer
-process does every `add_frame` / `save_episode` (a writer thread would hold the actor's GIL: measured, it slowed
-the env loop 1.3-2.5x). `close()` lets the writer save every episode still queued and `finalize()` the dataset
-(its parquet files are readable only after that), and waits for it; an episode still running is dropped. The
-writer ignores SIGINT/SIGTERM (Ctrl-C reaches the whole process group) and stops when told to or when the actor
-process is gone, so the episodes already handed over are written even if the actor dies.
+process does every `add_frame` / `save_episode` (a writer thread would take the GIL from the env loop for as long
+as each episode's Python-side writing lasts). `close()` lets the writer save every episode still queued and
+`finalize()` the dataset (its parquet files are readable only after that), and waits for it; an episode still
+running is dropped. The writer ignores SIGINT/SIGTERM (Ctrl-C reaches the whole process group) and stops when told
+to or when the actor process is gone: the episodes it has received are written even if the actor is killed.
 """
 
 from __future__ import annotations
