@@ -67,7 +67,8 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
     security: TransportSecurityConfig = field(default_factory=TransportSecurityConfig)
     # Actors save the episodes they finish as LeRobotDatasets, one per actor process under
     # `<rollouts_root>/actor_<i>` (observations, executed actions, reward, done/success/intervention flags, policy
-    # version). Finished episodes are written when the actor stops (also on Ctrl-C); an unfinished one is dropped.
+    # version), each by a writer process as it ends; the datasets are finalized when the actors stop (also on
+    # Ctrl-C), and an episode still running then is dropped.
     record_rollouts: bool = False
     # Folder of the rollout datasets (default `<output_dir>/rollouts`); its `actor_<i>` folders must not exist yet
     # (or be empty).
