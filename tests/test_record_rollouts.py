@@ -124,6 +124,38 @@ def test_finished_episodes_are_written_as_stepped_and_an_unfinished_one_is_dropp
         assert not any(bool(r[INTERVENTION]) for r in rows)
 
 
+class _Step:
+    """The fields of an env stream's `StepResult` the recorder reads."""
+
+    def __init__(self, observation, action):
+        self.observation, self.executed_action = observation, action
+        self.reward, self.terminated, self.truncated, self.success, self.intervention = 0.0, True, False, False, False
+
+
+def test_a_failed_write_is_reported_naming_the_feature_and_keeps_the_episodes_already_written(tmp_path):
+    """An episode whose observation no longer matches the dataset's features: the recorder raises naming it, and
+    the episodes written before stay on disk, loadable."""
+    root = tmp_path / "actor_0"
+    recorder = RolloutRecorder(root, repo_id=REPO_ID, fps=10, robot_type=None, stream_ids=[0], tasks=["t"])
+    for dim in (3, 3, 5):
+        recorder.begin(0, {OBS_STATE: torch.zeros(dim)})
+        recorder.step(0, _Step({OBS_STATE: torch.ones(dim)}, torch.zeros(2)), policy_version=0)
+        recorder.end_episode(0)
+    with pytest.raises(RuntimeError, match=rf"rollout recording to {root} failed: .*{OBS_STATE}"):
+        recorder.close()
+    ds = load(root)
+    assert ds.meta.total_episodes == 2 and ds.meta.features[OBS_STATE]["shape"] == (3,)
+    assert ds[1][ACTION].tolist() == [0.0, 0.0]
+
+
+def test_an_empty_rollouts_repo_id_is_refused(tmp_path, capsys):
+    from lerobot_policy_pi_rl.runtime.cli import load_config
+
+    with pytest.raises(SystemExit):
+        load_config(tiny_args(free_port(), tmp_path / "run", record_rollouts="true", rollouts_repo_id=""))
+    assert "rollouts_repo_id=''" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Bad settings
 # ----------------------------------------------------------------------------------------------------------------
