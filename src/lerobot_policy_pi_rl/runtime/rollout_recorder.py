@@ -303,6 +303,10 @@ def _writer_main(episodes, results, root: str, repo_id: str, fps: int, robot_typ
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)
+    # Imported now, while the actor starts, not when the first episode arrives: the datasets stack takes seconds
+    # to import, and a short run's `close()` would wait for it.
+    from lerobot.datasets import LeRobotDataset
+
     parent = multiprocessing.parent_process()
     root_path = Path(root)
     dataset = None
@@ -317,8 +321,6 @@ def _writer_main(episodes, results, root: str, repo_id: str, fps: int, robot_typ
             if payload is None:
                 return
             if dataset is None:
-                from lerobot.datasets import LeRobotDataset
-
                 if root_path.is_dir() and not any(root_path.iterdir()):
                     root_path.rmdir()  # an empty folder given as the root; LeRobotDataset.create makes its own
                 dataset = LeRobotDataset.create(repo_id=repo_id, root=root_path, fps=fps,
