@@ -7,8 +7,8 @@ The loop, one stage per line (`PiRLActor.run`), over `n_envs` envs at once:
     wait for weights -> repeat: apply new weights (between chunks, never mid-chunk) -> preprocess observations ->
     sample_chain (one batch for all envs) -> execute up to C actions per env (stop at done) -> send one chunk
     transition per env -> reset finished envs (policy.reset()) and report their episodes.
-With `record_rollouts`, each env step is also handed to a `RolloutRecorder` (a copy; a writer thread saves finished
-episodes as a LeRobotDataset).
+With `record_rollouts`, each env step is also handed to a `RolloutRecorder` (a copy, counted in the `env` stage;
+a writer process saves finished episodes as a LeRobotDataset).
 Transport: LeRobot's `receive_policy` / `send_transitions` / `send_interactions` workers, each wrapped in a
 reconnect loop, so a restarted learner is picked up (rows of the old learner run are dropped by the new one).
 The actor stops when the learner says training is done, on SIGINT/SIGTERM, after `actor_max_chunks`, or when

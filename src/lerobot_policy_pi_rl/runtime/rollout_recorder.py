@@ -75,9 +75,9 @@ def _is_image(value: np.ndarray) -> bool:
 
 
 def _observation_copy(observation: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The observation's `observation.*` tensors as numpy copies (numpy, single-threaded: torch's intra-op threads
-    made this copy 200x slower on a busy CPU); images (float `(C, H, W)` in [0, 1], as LeRobot makes them) as the
-    uint8 frames they came from (rounding undoes `/ 255` exactly)."""
+    """The observation's `observation.*` tensors as numpy copies (numpy runs single-threaded; torch's intra-op
+    threads can turn a tiny copy into milliseconds on a busy CPU). 3-d values are images (LeRobot's float
+    `(C, H, W)` in [0, 1]), kept as the uint8 frames they came from (rounding undoes `/ 255` exactly)."""
     out = {}
     for key, value in observation.items():
         if torch.is_tensor(value):
@@ -122,8 +122,7 @@ def rollout_features(observation: dict[str, np.ndarray], action_dim: int, names:
     features[ACTION] = {"dtype": "float32", "shape": (action_dim,),
                         "names": list(known) if known and len(known) == action_dim else
                         [f"action_{j}" for j in range(action_dim)]}
-    for key in (REWARD,):
-        features[key] = {"dtype": "float32", "shape": (1,), "names": None}
+    features[REWARD] = {"dtype": "float32", "shape": (1,), "names": None}
     for key in (DONE, TRUNCATED, SUCCESS, INTERVENTION):
         features[key] = {"dtype": "bool", "shape": (1,), "names": None}
     for key in (POLICY_VERSION, STREAM_ID, STREAM_EPISODE):
