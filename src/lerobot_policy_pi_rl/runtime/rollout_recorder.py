@@ -230,6 +230,11 @@ class RolloutRecorder:
         if error is not None:
             raise RuntimeError(f"rollout recording to {self.root} failed: {error}")
 
+    def written(self) -> int:
+        """Episodes the writer has saved so far (it reports each one)."""
+        self._check_writer()
+        return self.saved
+
     def _stop_writer(self) -> None:
         if not self._stop_sent:
             self._stop_sent = True
