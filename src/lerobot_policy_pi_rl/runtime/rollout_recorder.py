@@ -199,11 +199,7 @@ class RolloutRecorder:
             return
         payload = _episode_payload(episode["steps"], stream_id=self.stream_ids[i],
                                    stream_episode=episode["stream_episode"], task=self.tasks[i])
-        try:
-            self._queue.put_nowait(payload)
-        except queue.Full:
-            logger.warning("[ACTOR] rollout writer is %d episodes behind: waiting for it", MAX_QUEUED_EPISODES)
-            self._queue.put(payload)
+        self._put(payload)
         self.queued += 1
         self.handoff_s += time.perf_counter() - t0
         logger.debug("[ACTOR] rollout episode queued: stream %d episode %d, %d frames", self.stream_ids[i],
@@ -235,10 +231,24 @@ class RolloutRecorder:
         self._check_writer()
         return self.saved
 
+    def _put(self, item) -> None:
+        """Queue `item` for the writer; when it is `MAX_QUEUED_EPISODES` behind, wait for room while it lives."""
+        try:
+            self._queue.put_nowait(item)
+            return
+        except queue.Full:
+            logger.warning("[ACTOR] rollout writer is %d episodes behind: waiting for it", MAX_QUEUED_EPISODES)
+        while True:
+            try:
+                self._queue.put(item, timeout=1.0)
+                return
+            except queue.Full:
+                self._check_writer()
+
     def _stop_writer(self) -> None:
-        if not self._stop_sent:
+        if not self._stop_sent and self._writer.is_alive():
             self._stop_sent = True
-            self._queue.put(None)
+            self._put(None)
 
     def _drain_results(self) -> str | None:
         error = None
