@@ -65,6 +65,9 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
     # TLS and a shared token on the actor <-> learner gRPC link (below). Required when `learner_host` is not a
     # loopback address.
     security: TransportSecurityConfig = field(default_factory=TransportSecurityConfig)
+    # Learner: reject an actor message (one chunk step of one actor's envs) larger than this many bytes before
+    # decoding it (counted under rollout/rejected_messages/oversized). 0 = no limit.
+    max_message_bytes: int = 256 * 1024 * 1024
 
     def validate(self) -> None:
         policy_path = parser.get_path_arg("policy")
@@ -103,7 +106,7 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
         for name in ("num_updates", "n_envs", "num_actors", "console_log_every_updates"):
             require(getattr(self, name) >= 1, f"{name}={getattr(self, name)} must be >= 1")
         for name in ("checkpoint_every_updates", "actor_max_chunks", "actor_index", "torch_threads",
-                     "max_consecutive_skipped_updates"):
+                     "max_consecutive_skipped_updates", "max_message_bytes"):
             require(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
         require(
             self.actor_index < self.num_actors,
