@@ -15,7 +15,8 @@ dicts of tensors:
     complementary_info one tensor per row of `FIELDS` below, under the row's key
 
 From `FIELDS` come (a) the `complementary_info` the actor writes (`chunk_transition`), (b) the learner's one
-arrival check (`admit`: field presence, dtype and rank, finiteness) and (c) the `Rollout` tensors
+arrival check (`decode_message`: size before decoding, decodable; `admit`: exactly these fields, dtype and rank,
+the shapes the learner's policy implies (`RowShapes`), finiteness, the learner session) and (c) the `Rollout` tensors
 (`transitions_to_rollout`). To add a field: add a row to `FIELDS`, the attribute of the same name on its source
 (`ChainRecord`, `ChainSample`, `ChunkOutcome` or `ChunkOrigin`) and, when the algorithm reads it, on `Rollout`.
 """
