@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -338,17 +339,13 @@ def test_a_checkpoint_write_that_fails_half_way_leaves_last_on_the_previous_comp
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _learner_child(args: list[str], state_path: str, write_marker: str | None) -> None:
-    """A real learner (`build_learner`, `run`) fed by a canned actor: a thread that keeps its transition queue
-    stocked with valid rows of the current session and version. On resume it first dumps what it restored.
-    With `write_marker`, every checkpoint write pauses half way (files written, manifest not yet) after touching
-    the marker, so that the test can kill it there."""
-    import sys
-
+def _learner_child(cfg, state_path: str, write_marker: str | None) -> None:
+    """A real learner (`build_learner`, `run`) that, on resume, first dumps what it restored. With `write_marker`,
+    every checkpoint write pauses half way (files written, manifest not yet) after touching the marker, so that the
+    test can kill it there."""
     from lerobot_policy_pi_rl.runtime.learner import build_learner
 
     torch.set_num_threads(1)
-    cfg = load_config(args)
     learner = build_learner(cfg, shutdown_event=threading.Event())
     if cfg.resume:
         restored = {
@@ -359,34 +356,15 @@ def _learner_child(args: list[str], state_path: str, write_marker: str | None) -
         }
         torch.save(restored, state_path + ".tmp")
         os.replace(state_path + ".tmp", state_path)
-    # Sampled once by the (restored) weights; always labelled with the current version, so they go stale in
-    # content as the weights move (the ratio check is off in this run).
-    templates = policy_rows(learner.policy, 8, version=0, session=learner.session, seed=learner.counters.updates)
     if write_marker:
         write_manifest = checkpoint._write_manifest
 
         def paused(root):
             Path(write_marker).touch()
-            time.sleep(2.0)
+            time.sleep(1.0)
             write_manifest(root)
 
         checkpoint._write_manifest = paused
-
-    def feed():
-        index = 0
-        while True:
-            if learner.transport.transition_queue.qsize() < 2:
-                rows = copy.deepcopy(templates)
-                for tr in rows:
-                    info = tr["complementary_info"]
-                    info[S.POLICY_VERSION.key] = torch.tensor(learner.algorithm.policy_version)
-                    info[S.LEARNER_SESSION.key] = torch.tensor(learner.session)
-                    info[S.CHUNK_INDEX.key] = torch.tensor(index)
-                index += 1
-                learner.transport.transition_queue.put(transitions_to_bytes(rows))
-            time.sleep(0.01)
-
-    threading.Thread(target=feed, daemon=True).start()
     code = learner.run()
     learner.close()
     sys.exit(code)
@@ -411,23 +389,34 @@ def _assert_restored_exactly(state: dict, ckpt: Path) -> None:
 
 
 def test_learner_sigkilled_ten_times_resumes_each_time_from_the_last_complete_checkpoint(tmp_path):
-    """Ten SIGKILLs at seeded random moments, every third one in the middle of a checkpoint write. After each, the
-    restarted learner (`--resume=true`) holds exactly the checkpoint `last` pointed at when it was killed, `last`
-    was complete, and it never moves backwards; finally the run completes."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["lerobot_policy_pi_rl.runtime.learner", "test_fault_injection"])
+    """Ten SIGKILLs of the learner at seeded random moments, every third one in the middle of a checkpoint write,
+    with a real actor process that carries on through all of them. After each kill, the restarted learner
+    (`--resume=true`) holds exactly the checkpoint `last` pointed at when it was killed, `last` was complete, and it
+    never moves backwards; finally the run completes and the actor exits on the learner's last weights."""
+    import subprocess
+
+    from test_runtime import ENV
+
     rng = random.Random(17)
     out = tmp_path / "run"
     port = free_port()
 
     def args(num_updates: int = 10_000, **over) -> list[str]:
-        return tiny_args(port, out, num_updates=num_updates, checkpoint_every_updates=1,
-                         console_log_every_updates=50, max_consecutive_skipped_updates=0,
-                         **{"algorithm.ratio_check_tolerance": 1e9}, **over)
+        return tiny_args(port, out, num_updates=num_updates, checkpoint_every_updates=1, console_log_every_updates=50,
+                         reconnect_timeout_s=60, torch_threads=1, **{"algorithm.rollout_chunks": 8}, **over)
+
+    ctx = multiprocessing.get_context("forkserver")
+    # The forkserver imports once what a learner start imports (parsing a config pulls in LeRobot's robots and
+    # teleoperators), and the config is parsed once here (seconds each): a restart then takes well under a second.
+    base_cfg = load_config(args())
+    roots = {"lerobot", "lerobot_policy_pi_rl", "draccus", "grpc", "placo", "pinocchio", "torchcodec", "Xlib"}
+    ctx.set_forkserver_preload(["test_fault_injection", *sorted(m for m in sys.modules if m.split(".")[0] in roots)])
 
     last = checkpoint.last_checkpoint(out)
     state_path, marker = tmp_path / "restored.pt", tmp_path / "writing"
     previous_step, mid_write_kills, restored_from = -1, 0, []
+    actor = subprocess.Popen([sys.executable, "-m", "lerobot_policy_pi_rl.runtime.actor", *args()], env=ENV,
+                             stdout=open(tmp_path / "actor.log", "w"), stderr=subprocess.STDOUT)
     child = None
     try:
         for kill in range(11):  # ten kills, then a last restart that runs to the end
@@ -437,9 +426,10 @@ def test_learner_sigkilled_ten_times_resumes_each_time_from_the_last_complete_ch
             marker.unlink(missing_ok=True)
             mid_write = kill % 3 == 2
             final = kill == 10
-            run_args = args(**({"num_updates": previous_step + 2} if final else {}),
-                            **({"resume": "true"} if resume else {}))
-            child = ctx.Process(target=_learner_child, args=(run_args, str(state_path),
+            run_cfg = copy.deepcopy(base_cfg)
+            run_cfg.resume = resume  # `--resume=true`
+            run_cfg.num_updates = previous_step + 2 if final else run_cfg.num_updates
+            child = ctx.Process(target=_learner_child, args=(run_cfg, str(state_path),
                                                              str(marker) if mid_write else None))
             child.start()
             if resume:
@@ -452,13 +442,14 @@ def test_learner_sigkilled_ten_times_resumes_each_time_from_the_last_complete_ch
                 break
             if mid_write:
                 _wait(lambda: marker.exists(), 60, "a checkpoint write", child)
-                time.sleep(rng.uniform(0.0, 0.5))
+                time.sleep(rng.uniform(0.0, 0.3))
                 assert list(last.parent.glob(".*.partial")), "not killed in the middle of a write"
                 mid_write_kills += 1
             else:
                 _wait(lambda: last.exists() and int(last.resolve().name) > previous_step, 60, "a new checkpoint",
                       child)
-                time.sleep(rng.uniform(0.0, 1.0))
+                time.sleep(rng.uniform(0.0, 0.5))
+            assert actor.poll() is None, "the actor must carry on through learner crashes"
             os.kill(child.pid, signal.SIGKILL)
             child.join(timeout=10)
             assert child.exitcode == -signal.SIGKILL
@@ -467,12 +458,17 @@ def test_learner_sigkilled_ten_times_resumes_each_time_from_the_last_complete_ch
             step = int(last.resolve().name)
             assert step >= previous_step
             previous_step = step
+        assert actor.wait(timeout=60) == 0, (tmp_path / "actor.log").read_text()[-3000:]
     finally:
-        if child is not None and child.is_alive():
-            child.kill()
+        for proc in (child, actor):
+            if proc is not None and (proc.is_alive() if hasattr(proc, "is_alive") else proc.poll() is None):
+                proc.kill()
     assert mid_write_kills == 3 and len(restored_from) == 10
     final = json.loads((last / "training_state" / "training_step.json").read_text())
     assert final["step"] == previous_step + 2 and final["policy_version"] == previous_step + 2
+    assert final["chunks_received"] > 0 and final["interaction_step"] > 0
+    actor_log = (tmp_path / "actor.log").read_text()
+    assert actor_log.count("reconnecting") >= 10 and "(training done)" in actor_log
 
 
 def _wait(predicate, timeout: float, what: str, proc=None) -> None:
