@@ -301,9 +301,8 @@ def decode_message(message: bytes, *, max_bytes: int = 0) -> list[Transition]:
     try:
         transitions = bytes_to_transitions(message)
     except Exception as err:  # any bytes may arrive: nothing they hold may stop the learner
-        raise RejectedMessage(
-            "undecodable", f"a message of {len(message)} bytes does not decode as transitions: {type(err).__name__}: "
-            f"{str(err).splitlines()[0][:200] if str(err) else ''}") from None
+        raise RejectedMessage("undecodable", f"a message of {len(message)} bytes is not a torch.save payload of "
+                              f"tensors and plain containers ({type(err).__name__})") from None
     if not isinstance(transitions, list) or not all(isinstance(tr, dict) for tr in transitions):
         raise RejectedMessage("not_transitions", "a message decodes to a "
                               f"{type(transitions).__name__}, not a list of transitions (dicts)")
