@@ -55,7 +55,7 @@ def learner_stub(session: int = 7, logger: logging.Logger | None = None):
 
     learner = PiRLLearner.__new__(PiRLLearner)
     learner.foreign, learner.drops, learner.counters, learner.session = (
-        S.ForeignTransitionLog(logger), DropCounts(), Counters(), session)
+        S.RejectionLog(logger), DropCounts(), Counters(), session)
     return learner
 
 

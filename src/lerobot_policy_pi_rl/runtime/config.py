@@ -75,6 +75,9 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
     rollouts_root: Path | None = None
     # Repo id written into each rollout dataset's metadata (the folder locates the data).
     rollouts_repo_id: str = "local/rollouts"
+    # Learner: reject an actor message (one chunk step of one actor's envs) larger than this many bytes before
+    # decoding it (counted under rollout/rejected_messages/oversized). 0 = no limit.
+    max_message_bytes: int = 256 * 1024 * 1024
 
     def validate(self) -> None:
         policy_path = parser.get_path_arg("policy")
@@ -113,7 +116,7 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
         for name in ("num_updates", "n_envs", "num_actors", "console_log_every_updates"):
             require(getattr(self, name) >= 1, f"{name}={getattr(self, name)} must be >= 1")
         for name in ("checkpoint_every_updates", "actor_max_chunks", "actor_index", "torch_threads",
-                     "max_consecutive_skipped_updates"):
+                     "max_consecutive_skipped_updates", "max_message_bytes"):
             require(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
         require(
             self.actor_index < self.num_actors,

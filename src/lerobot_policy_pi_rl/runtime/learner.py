@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from lerobot.policies import make_policy, make_pre_post_processors
-from lerobot.transport.utils import bytes_to_python_object, bytes_to_transitions, state_to_bytes
+from lerobot.transport.utils import bytes_to_python_object, state_to_bytes
 from lerobot.utils.process import ProcessSignalHandler
 from lerobot.utils.random_utils import set_seed
 from lerobot.utils.transition import Transition
@@ -44,9 +44,11 @@ from .schema import (
     GROUP_ID,
     NUM_EXECUTED,
     POLICY_VERSION,
-    ForeignTransitionLog,
-    NotAPiRLTransition,
+    RejectedMessage,
+    RejectionLog,
+    RowShapes,
     admit,
+    decode_message,
     transitions_to_rollout,
 )
 from .transport import (
@@ -80,6 +82,9 @@ class Transport:
 
 
 class PiRLLearner:
+    # Exact per-row shapes checked on arrival (None: dtype and rank only).
+    row_shapes: RowShapes | None = None
+
     def __init__(
         self,
         cfg: PiRLTrainRLServerPipelineConfig,
@@ -102,7 +107,8 @@ class PiRLLearner:
         self.counters = Counters()
         self.drops = DropCounts()
         self.episodes = EpisodeWindow()
-        self.foreign = ForeignTransitionLog(logger)
+        self.foreign = RejectionLog(logger)
+        self.row_shapes = RowShapes.of(policy) if policy is not None else None
         # Rows from another learner run (e.g. sampled before a crash) carry another session id and are dropped.
         self.session = random.SystemRandom().randrange(1, 2**62)
         self.pending: list[Transition] = []
@@ -167,7 +173,7 @@ class PiRLLearner:
                 message = self.transport.transition_queue.get(timeout=0.1)
             except Empty:
                 continue
-            admitted = self.accept(bytes_to_transitions(message))
+            admitted = self.receive(message)
             self.buffer_interventions(admitted)
             self.pending.extend(self.keep_fresh(admitted))
         usable = self.usable(self.pending)
@@ -195,27 +201,49 @@ class PiRLLearner:
         complete = complete_groups(group_ids=group_ids, episode_ends=episode_ends, group_size=self.group_size)
         return [tr for tr, ok in zip(rows, complete.tolist(), strict=True) if ok]
 
-    def accept(self, transitions: list[Transition]) -> list[Transition]:
-        """The arrival check of one actor message: foreign senders are logged once and rejected; rows of another
-        learner session or with NaN/inf are dropped and counted."""
+    def receive(self, message: bytes) -> list[Transition]:
+        """One actor message as it arrived from the transport: its size is checked before it is decoded, bytes
+        that do not decode are rejected like any other malformed message, then `accept`."""
         try:
-            kept = admit(transitions, session=self.session, drops=self.drops)
-        except NotAPiRLTransition as err:
-            self.foreign.report(err)
-            self.drops.rejected += len(transitions)
+            transitions = decode_message(message, max_bytes=self.cfg.max_message_bytes)
+        except RejectedMessage as err:
+            self.reject(err, rows=0)
+            return []
+        return self.accept(transitions)
+
+    def accept(self, transitions: list[Transition]) -> list[Transition]:
+        """The arrival check of one decoded actor message: a malformed message is rejected whole (one log line per
+        kind, counted by kind); rows of another learner session or with NaN/inf are dropped and counted."""
+        try:
+            kept = admit(transitions, session=self.session, drops=self.drops, shapes=self.row_shapes,
+                         log=self.foreign)
+        except RejectedMessage as err:
+            self.reject(err, rows=len(transitions))
             return []
         self.counters.chunks_received += len(transitions)
         self.counters.interaction_steps += sum(int(tr["complementary_info"][NUM_EXECUTED.key]) for tr in transitions)
         return kept
 
+    def reject(self, error: RejectedMessage, rows: int) -> None:
+        self.foreign.report(error)
+        self.drops.rejected += rows
+        self.drops.rejected_messages[error.kind] += 1
+
     def keep_fresh(self, rows: list[Transition]) -> list[Transition]:
-        """Rows the algorithm's staleness rule keeps (the others are dropped and counted). For GRPO, a group
-        that lost a row can never be scored: its other rows go too, now and when they arrive later."""
+        """Rows the algorithm's staleness rule keeps (the others are dropped and counted), less rows of a version
+        this learner has not published (a sender out of step with it). For GRPO, a group that lost a row can never
+        be scored: its other rows go too, now and when they arrive later."""
         if not rows:
             return rows
         versions = torch.tensor([int(tr["complementary_info"][POLICY_VERSION.key]) for tr in rows])
-        fresh = [tr for tr, ok in zip(rows, self.algorithm.fresh(versions).tolist(), strict=True) if ok]
-        self.drops.stale += len(rows) - len(fresh)
+        future = versions > self.algorithm.policy_version
+        if bool(future.any()):
+            self.drops.future_version += int(future.sum())
+            self.foreign.row_dropped("future_version", f"rows of policy version {int(versions.max())}, which this "
+                                     f"learner (version {self.algorithm.policy_version}) has not published")
+        ok = self.algorithm.fresh(versions) & ~future
+        fresh = [tr for tr, keep in zip(rows, ok.tolist(), strict=True) if keep]
+        self.drops.stale += len(rows) - len(fresh) - int(future.sum())
         if self.group_size == 1:
             return fresh
         kept_ids = {id(tr) for tr in fresh}

@@ -92,26 +92,43 @@ class Counters:
     episodes: int = 0
 
 
+#: Why a whole actor message was rejected on arrival (`rollout/rejected_messages/<kind>` counts messages):
+#: `oversized` (over `max_message_bytes`, checked before decoding), `undecodable` (bytes that are not a
+#: `torch.save` payload safe to load), `not_transitions` (decodes to something other than a list of transitions),
+#: `missing_field`, `extra_field`, `wrong_dtype`, `wrong_shape` (a field or observation not as the schema and this
+#: learner's policy say).
+REJECTION_KINDS = ("oversized", "undecodable", "not_transitions", "missing_field", "extra_field", "wrong_dtype",
+                   "wrong_shape")
+
+
 @dataclass
 class DropCounts:
-    """Rows the learner did not train on, by reason (logged under rollout/dropped_*)."""
+    """Rows the learner did not train on, by reason (logged under rollout/dropped_*), and whole messages it
+    rejected, by kind (rollout/rejected_messages/<kind>)."""
 
     nonfinite: int = 0
     stale: int = 0
     foreign_session: int = 0
+    #: Rows sampled by a policy version this learner has not published yet (a sender out of step with it).
+    future_version: int = 0
+    #: Rows of rejected messages (those that decoded into a list; `rollout/rejected_not_pi_rl`).
     rejected: int = 0
     #: GRPO: rows without a group id, or of a group that lost rows (it can never be scored).
     ungrouped: int = 0
     #: Non-finite rows by the first offending part (`reward`, a field key, `state.<key>`, `next_state.<key>`).
     by_field: Counter = field(default_factory=Counter)
+    #: Rejected messages by kind (one of `REJECTION_KINDS`).
+    rejected_messages: Counter = field(default_factory=Counter)
 
     def as_log_dict(self) -> dict[str, float]:
         return {
             "rollout/dropped_nonfinite": float(self.nonfinite),
             "rollout/dropped_stale": float(self.stale),
             "rollout/dropped_foreign_session": float(self.foreign_session),
+            "rollout/dropped_future_version": float(self.future_version),
             "rollout/rejected_not_pi_rl": float(self.rejected),
             "rollout/dropped_ungrouped": float(self.ungrouped),
+            **{f"rollout/rejected_messages/{kind}": float(self.rejected_messages[kind]) for kind in REJECTION_KINDS},
         }
 
 

@@ -15,7 +15,8 @@ dicts of tensors:
     complementary_info one tensor per row of `FIELDS` below, under the row's key
 
 From `FIELDS` come (a) the `complementary_info` the actor writes (`chunk_transition`), (b) the learner's one
-arrival check (`admit`: field presence, dtype and rank, finiteness) and (c) the `Rollout` tensors
+arrival check (`decode_message`: size before decoding, decodable; `admit`: exactly these fields, dtype and rank,
+the shapes the learner's policy implies (`RowShapes`), finiteness, the learner session) and (c) the `Rollout` tensors
 (`transitions_to_rollout`). To add a field: add a row to `FIELDS`, the attribute of the same name on its source
 (`ChainRecord`, `ChainSample`, `ChunkOutcome` or `ChunkOrigin`) and, when the algorithm reads it, on `Rollout`.
 """
@@ -25,16 +26,17 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from lerobot.teleoperators.utils import TeleopEvents
+from lerobot.transport.utils import bytes_to_transitions
 from lerobot.utils.transition import Transition
 
 from ..rl.rollout import Rollout
-from .metrics import DropCounts
+from .metrics import REJECTION_KINDS, DropCounts
 
 # Where a field's value comes from when the actor builds a transition. RECORD and SAMPLE are batched (the
 # policy samples all envs at once): the actor's row is taken from them.
@@ -69,16 +71,32 @@ class Field:
         """The value as this field's transport-safe per-row tensor (cpu, its dtype, contiguous)."""
         return torch.as_tensor(value).detach().to("cpu", self.dtype).contiguous()
 
-    def problem(self, value: Any) -> str | None:
-        """Why `value` is not a valid entry of this field (None when it is)."""
-        if not isinstance(value, Tensor):
-            return f"{self.key} must be a tensor, got {type(value).__name__}"
-        if value.dtype != self.dtype or value.dim() not in self.ranks:
-            return (
+    def problem(self, value: Any, shape: tuple[int, ...] | None = None) -> Problem | None:
+        """Why `value` is not a valid entry of this field (None when it is); `shape`: the exact per-row shape this
+        learner's policy implies, when known."""
+        if not isinstance(value, Tensor) or value.dtype != self.dtype:
+            got = f"{value.dtype} of shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+            return Problem("wrong_dtype", f"{self.key} must be a {self.dtype} tensor ({self.shape}), got {got}")
+        if value.dim() not in self.ranks:
+            return Problem(
+                "wrong_shape",
                 f"{self.key} must be a {self.dtype} tensor of rank {'/'.join(map(str, self.ranks))} "
-                f"({self.shape}), got {value.dtype} of shape {tuple(value.shape)}"
+                f"({self.shape}), got {value.dtype} of shape {tuple(value.shape)}",
             )
+        if shape is not None and tuple(value.shape) != tuple(shape):
+            return Problem("wrong_shape", f"{self.key} must have shape {tuple(shape)} ({self.shape}) for this "
+                           f"learner's policy, got {tuple(value.shape)}")
         return None
+
+
+class Problem(NamedTuple):
+    """One reason a message is rejected: its kind (one of `REJECTION_KINDS`) and a sentence naming the value."""
+
+    kind: str
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
 
 
 CHAIN = Field("pi_rl.chain", "chain", RECORD, torch.float32, (3,), "[K+1, H, A_model]",
@@ -199,40 +217,161 @@ def _cpu_tensors(obs: dict) -> dict[str, Tensor]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class NotAPiRLTransition(ValueError):
+#: The entries of a chunk transition (LeRobot's `Transition` keys); an actor message holds exactly these.
+TRANSITION_KEYS = ("state", "action", "reward", "next_state", "done", "truncated", "complementary_info")
+
+
+class RejectedMessage(ValueError):
+    """A whole actor message the learner does not train on; `kind` is one of `REJECTION_KINDS`."""
+
+    def __init__(self, kind: str, text: str):
+        assert kind in REJECTION_KINDS, kind
+        self.kind = kind
+        super().__init__(text)
+
+    @property
+    def signature(self) -> tuple[str, ...]:
+        """What makes two rejections the same for the log (one line each)."""
+        return (self.kind,)
+
+
+class NotAPiRLTransition(RejectedMessage):
     """A transition lacks the PI-RL fields or holds malformed ones (e.g. it was sent by a stock SAC actor)."""
 
-    def __init__(self, missing: list[str], present: list[str], malformed: list[str] | None = None):
+    def __init__(self, missing: list[str], present: list[str], malformed: list[Problem] | None = None):
         self.missing = missing
         self.present = present
         self.malformed = malformed or []
         problems = []
         if missing:
             problems.append(f"missing {missing}")
-        problems += self.malformed
+        problems += [p.text for p in self.malformed]
+        kind = "missing_field" if missing else self.malformed[0].kind
         super().__init__(
+            kind,
             f"transition is not a PI-RL chunk transition: {'; '.join(problems)}; complementary_info has {present}. "
-            "Is this actor running `--algorithm.type=sac` (or LeRobot's stock actor) against a pi_rl learner?"
+            "Is this actor running `--algorithm.type=sac` (or LeRobot's stock actor) against a pi_rl learner, or "
+            "another version of this package, policy or env?",
+        )
+
+    @property
+    def signature(self) -> tuple[str, ...]:
+        return (self.kind, *self.present, *self.missing, *(p.text for p in self.malformed))
+
+
+@dataclass(frozen=True)
+class RowShapes:
+    """The exact per-row shapes a learner's policy implies, checked on arrival beyond each field's dtype and rank
+    (a row of another shape would otherwise fail only when the rollout is stacked, stopping the learner)."""
+
+    #: complementary_info key -> per-row shape.
+    fields: dict[str, tuple[int, ...]]
+    #: Non-visual input feature -> its preprocessed per-row shape `[1, *feature shape]` (images are resized by
+    #: the processors: only their presence is checked).
+    observations: dict[str, tuple[int, ...]]
+    visual: tuple[str, ...]
+    #: A_env: the trailing dim of `action`.
+    action_dim: int
+    #: C: the most actions one chunk executes.
+    max_executed: int
+
+    @classmethod
+    def of(cls, policy) -> RowShapes:
+        from lerobot.configs.types import FeatureType
+
+        config = policy.config
+        k, h, a_model = policy.num_steps, policy.backbone.chunk_size, policy.backbone.model_action_dim
+        c, a_env = config.n_action_steps, config.action_dim
+        log_prob = {"chunk": (), "action": (c,), "element": (c, a_env)}[config.log_prob_level]
+        features = config.input_features or {}
+        return cls(
+            fields={CHAIN.key: (k + 1, h, a_model), STOCHASTIC.key: (k,), LOG_PROB.key: log_prob},
+            observations={key: (1, *f.shape) for key, f in features.items() if f.type is not FeatureType.VISUAL},
+            visual=tuple(key for key, f in features.items() if f.type is FeatureType.VISUAL),
+            action_dim=a_env,
+            max_executed=c,
         )
 
 
-def check_fields(transition: Transition) -> None:
-    """Raise `NotAPiRLTransition` unless every field of `FIELDS` is present with its dtype and rank."""
-    info = transition.get("complementary_info") or {}
-    missing = [f.key for f in FIELDS if f.key not in info]
-    malformed = [p for f in FIELDS if f.key in info and (p := f.problem(info[f.key])) is not None]
+def decode_message(message: bytes, *, max_bytes: int = 0) -> list[Transition]:
+    """One actor message's bytes as transitions, or `RejectedMessage` (`oversized` is decided before decoding;
+    `max_bytes=0`: no limit). `torch.load(weights_only=True)` unpickles only tensors and plain containers."""
+    if max_bytes > 0 and len(message) > max_bytes:
+        raise RejectedMessage("oversized", f"a message of {len(message)} bytes exceeds max_message_bytes={max_bytes}")
+    try:
+        transitions = bytes_to_transitions(message)
+    except Exception as err:  # any bytes may arrive: nothing they hold may stop the learner
+        raise RejectedMessage("undecodable", f"a message of {len(message)} bytes is not a torch.save payload of "
+                              f"tensors and plain containers ({type(err).__name__})") from None
+    if not isinstance(transitions, list) or not all(isinstance(tr, dict) for tr in transitions):
+        raise RejectedMessage("not_transitions", "a message decodes to a "
+                              f"{type(transitions).__name__}, not a list of transitions (dicts)")
+    return transitions
+
+
+def _core_problems(transition: dict, shapes: RowShapes | None) -> list[Problem]:
+    """What is wrong with a transition's entries other than complementary_info (present keys only)."""
+    problems = []
+    for part in ("state", "next_state"):
+        obs = transition[part]
+        if not isinstance(obs, dict) or not all(isinstance(v, Tensor) for v in obs.values()):
+            problems.append(Problem("wrong_dtype", f"{part} must be a dict of tensors"))
+            continue
+        for key, shape in (shapes.observations.items() if shapes else ()):
+            if key not in obs:
+                problems.append(Problem("missing_field", f"{part}.{key} is missing"))
+            elif tuple(obs[key].shape) != shape:
+                problems.append(Problem("wrong_shape", f"{part}.{key} must have shape {shape} for this learner's "
+                                        f"policy, got {tuple(obs[key].shape)}"))
+        problems += [Problem("missing_field", f"{part}.{key} is missing") for key in (shapes.visual if shapes else ())
+                     if key not in obs]
+    action = transition["action"]
+    if not isinstance(action, Tensor) or not action.is_floating_point():
+        problems.append(Problem("wrong_dtype", f"action must be a float tensor, got {type(action).__name__}"
+                                f"{'' if not isinstance(action, Tensor) else ' of ' + str(action.dtype)}"))
+    elif action.dim() != 2 or (shapes and not (1 <= action.shape[0] <= shapes.max_executed
+                                               and action.shape[1] == shapes.action_dim)):
+        expected = f"[C' <= {shapes.max_executed}, {shapes.action_dim}]" if shapes else "[C', A_env]"
+        problems.append(Problem("wrong_shape", f"action must have shape {expected}, got {tuple(action.shape)}"))
+    reward = transition["reward"]
+    if isinstance(reward, bool) or not isinstance(reward, (int, float)):
+        problems.append(Problem("wrong_dtype", f"reward must be a float, got {type(reward).__name__}"))
+    for flag in ("done", "truncated"):
+        if not isinstance(transition[flag], bool):
+            problems.append(Problem("wrong_dtype", f"{flag} must be a bool, got {type(transition[flag]).__name__}"))
+    return problems
+
+
+def check_fields(transition: Transition, shapes: RowShapes | None = None) -> None:
+    """Raise `NotAPiRLTransition` unless the transition holds exactly LeRobot's transition keys and every field of
+    `FIELDS` (no other) with its dtype and rank, and, given `shapes`, the shapes this learner's policy implies."""
+    info = transition.get("complementary_info")
+    if not isinstance(info, dict):
+        info = {}
+    present = sorted(map(str, info))
+    missing = [k for k in TRANSITION_KEYS if k not in transition] + [f.key for f in FIELDS if f.key not in info]
+    malformed = [Problem("extra_field", f"unexpected entries {sorted(map(str, extra))}")
+                 for extra in ({k for k in transition if k not in TRANSITION_KEYS},
+                               {k for k in info if k not in REQUIRED_KEYS}) if extra]
+    malformed += [p for f in FIELDS if f.key in info
+                  and (p := f.problem(info[f.key], shapes.fields.get(f.key) if shapes else None)) is not None]
+    if all(k in transition for k in TRANSITION_KEYS):
+        malformed += _core_problems(transition, shapes)
     if missing or malformed:
-        raise NotAPiRLTransition(missing, sorted(info), malformed)
+        raise NotAPiRLTransition(missing, present, malformed)
 
 
 def nonfinite_part(transition: Transition) -> str | None:
     """The first part of a (schema-checked) transition that holds NaN/inf, None when all are finite.
 
-    Checked: the reward, the fields marked `finite`, and every floating-point observation tensor (`state.<key>`,
-    `next_state.<key>`): a non-finite observation poisons every value and log-prob computed from it.
+    Checked: the reward, the executed actions (supervised targets of intervention chunks), the fields marked
+    `finite`, and every floating-point observation tensor (`state.<key>`, `next_state.<key>`): a non-finite
+    observation poisons every value and log-prob computed from it.
     """
     if not math.isfinite(float(transition["reward"])):
         return "reward"
+    if not bool(torch.isfinite(transition["action"]).all()):
+        return "action"
     info = transition["complementary_info"]
     for f in FIELDS:
         if f.finite and not bool(torch.isfinite(info[f.key]).all()):
@@ -244,39 +383,60 @@ def nonfinite_part(transition: Transition) -> str | None:
     return None
 
 
-def admit(transitions: list[Transition], *, session: int, drops: DropCounts) -> list[Transition]:
-    """The arrival check of one actor message, run once: the rows PPO may train on.
+def admit(
+    transitions: list[Transition],
+    *,
+    session: int,
+    drops: DropCounts,
+    shapes: RowShapes | None = None,
+    log: RejectionLog | None = None,
+) -> list[Transition]:
+    """The arrival check of one decoded actor message, run once: the rows PPO may train on.
 
     Raises `NotAPiRLTransition` when any row is not a well-formed PI-RL transition (the whole message comes from
-    a foreign sender). Rows published by another learner session and rows holding NaN/inf are dropped and
-    counted in `drops` (non-finite ones also by the offending part in `drops.by_field`).
+    a foreign or misconfigured sender). Rows published by another learner session and rows holding NaN/inf are
+    dropped and counted in `drops` (non-finite ones also by the offending part in `drops.by_field`); `log` gets
+    one line per kind of drop.
     """
     for tr in transitions:
-        check_fields(tr)
+        check_fields(tr, shapes)
     kept = []
     for tr in transitions:
-        if int(tr["complementary_info"][LEARNER_SESSION.key]) != session:
+        if (theirs := int(tr["complementary_info"][LEARNER_SESSION.key])) != session:
             drops.foreign_session += 1
+            if log:
+                log.row_dropped("foreign_session", f"rows of learner session {theirs}, not this one ({session}): "
+                                "sampled before a learner restart, or sent to the wrong learner")
         elif (bad := nonfinite_part(tr)) is not None:
             drops.nonfinite += 1
             drops.by_field[bad] += 1
+            if log:
+                log.row_dropped(f"nonfinite:{bad}", f"rows with NaN/inf in {bad}")
         else:
             kept.append(tr)
     return kept
 
 
-class ForeignTransitionLog:
-    """Logs ONE line per distinct foreign sender signature (the transport does not name the actor)."""
+class RejectionLog:
+    """One log line per kind of rejection (a rejected message: per distinct problem; a dropped row: per reason),
+    so that a flood of bad input cannot flood the log; the counters in `DropCounts` count every one."""
 
     def __init__(self, logger: logging.Logger | None = None):
         self._seen: set[tuple[str, ...]] = set()
         self._log = logger or logging.getLogger(__name__)
 
-    def report(self, error: NotAPiRLTransition) -> None:
-        signature = tuple(error.present)
-        if signature not in self._seen:
-            self._seen.add(signature)
-            self._log.error("[LEARNER] rejecting transitions from an actor: %s", error)
+    def report(self, error: RejectedMessage) -> None:
+        if error.signature not in self._seen:
+            self._seen.add(error.signature)
+            self._log.error("[LEARNER] rejecting a message from an actor (%s; counted under "
+                            "rollout/rejected_messages/%s, further ones not logged): %s", error.kind, error.kind, error)
+
+    def row_dropped(self, reason: str, what: str) -> None:
+        if (reason,) not in self._seen:
+            self._seen.add((reason,))
+            counter = "nonfinite" if reason.startswith("nonfinite") else reason
+            self._log.warning("[LEARNER] dropping %s (counted under rollout/dropped_%s, further ones not logged)",
+                              what, counter)
 
 
 # ----------------------------------------------------------------------------------------------------------------
