@@ -12,6 +12,7 @@ import pytest
 
 from lerobot_policy_pi_rl.benchmark import commands, recipe, report, runner, rundir
 from lerobot_policy_pi_rl.benchmark.recipe import BenchmarkRecipe
+from lerobot_policy_pi_rl.runtime.metrics import task_label
 from lerobot_policy_pi_rl.scripts.evaluate import wilson_interval
 
 TWO = "push-v3,pick-place-v3"
@@ -60,7 +61,7 @@ class FakeStages:
                 for steps, rate in TRAINING:
                     row = {"update": len(rows) + 1, "wall_time_s": 1.0, "rollout/interaction_steps": steps,
                            "rollout/success_rate": rate}
-                    row.update({f"rollout/success_rate/{t}": rate / 2 for t in tasks.split(",")})
+                    row.update({f"rollout/success_rate/{task_label(t, 0)}": rate / 2 for t in tasks.split(",")})
                     rows.append(row)
                 (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
             if failing:

@@ -77,3 +77,6 @@ def test_one_policy_over_two_tasks_is_evaluated_per_task(tmp_path):
     assert config["input_features"]["observation.state"]["shape"] == [89]
     recording = json.loads((unit_dir / "demos" / "recording_report.json").read_text())
     assert sorted(recording["per_task"]) == ["drawer-open-v3", "push-v3"]
+    # Training-episode success per task, from the learner's own per-task windows.
+    for task in ("push-v3", "drawer-open-v3"):
+        assert report["per_task"][task]["training_episode_success"]["updates_with_episodes"] > 0, report["per_task"][task]

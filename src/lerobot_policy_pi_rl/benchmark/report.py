@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 
 from ..demo.report import format_success, last_env_steps, read_metrics
+from ..runtime.metrics import task_label
 from .commands import ENV_TYPE, STAGES, TITLES, Unit, n_envs
 from .rundir import Benchmark, UnitRecord, first_unfinished
 
@@ -75,8 +76,9 @@ def pooled(results: list[dict]) -> dict:
 
 def training_curve(rows: list[dict], task: str, unit: Unit) -> list[tuple[float, float]]:
     """(env steps, training-episode success) per update with a finished episode: the task's own window in a
-    multi-task run (`rollout/success_rate/<task>`), the run's in a single-task one."""
-    key = "rollout/success_rate" if len(unit.tasks) == 1 else f"rollout/success_rate/{task}"
+    multi-task run (`rollout/success_rate/<task>/0`: the env builds one suite per MetaWorld task), the run's in a
+    single-task one."""
+    key = "rollout/success_rate" if len(unit.tasks) == 1 else f"rollout/success_rate/{task_label(task, 0)}"
     return [(float(r["rollout/interaction_steps"]), float(r[key])) for r in rows if r.get(key) is not None]
 
 

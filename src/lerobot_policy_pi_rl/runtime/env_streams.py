@@ -31,6 +31,8 @@ from torch import Tensor
 
 from lerobot.teleoperators.utils import TeleopEvents
 
+from .metrics import task_label
+
 
 @dataclass
 class StepResult:
@@ -304,7 +306,7 @@ def make_lerobot_sim_streams(cfg, n_envs: int, seed: int) -> list:
     tasks = _build_suites(env_cfg, 1)
     per_task, rest = divmod(n_envs, len(tasks))
     if rest or per_task == 0:
-        names = ", ".join(f"{suite}/{task_id}" for suite, task_id, _ in tasks[:12]) + (", ..." if len(tasks) > 12 else "")
+        names = ", ".join(task_label(suite, task_id) for suite, task_id, _ in tasks[:12]) + (", ..." if len(tasks) > 12 else "")
         for *_, vec in tasks:
             vec.close()
         raise ValueError(
@@ -318,7 +320,7 @@ def make_lerobot_sim_streams(cfg, n_envs: int, seed: int) -> list:
     env_pre, env_post = make_env_pre_post_processors(env_cfg, cfg.policy)
     streams = []
     for suite, task_id, vec in tasks:
-        name = f"{suite}/{task_id}" if len(tasks) > 1 else None
+        name = task_label(suite, task_id) if len(tasks) > 1 else None
         for sub in vec.envs:
             streams.append(
                 LeRobotSimStream(

@@ -57,6 +57,12 @@ class EpisodeWindow:
 
 
 
+def task_label(suite: str, task_id: int) -> str:
+    """The name a multi-task run's stream carries into the per-task metrics (`rollout/success_rate/<label>`):
+    LeRobot's `make_env` suite and task id, e.g. `libero_10/3`, or `push-v3/0` for a MetaWorld task."""
+    return f"{suite}/{task_id}"
+
+
 class TimeSplit:
     """Wall time of a loop per named stage (`with split("env"): ...`); what no stage covers is `other`."""
 
