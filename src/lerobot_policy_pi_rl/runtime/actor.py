@@ -9,8 +9,9 @@ The loop, one stage per line (`PiRLActor.run`), over `n_envs` envs at once:
     transition per env -> reset finished envs (policy.reset()) and report their episodes.
 With `record_rollouts`, each env step is also handed to a `RolloutRecorder` (a copy, counted in the `env` stage;
 a writer process saves finished episodes as a LeRobotDataset).
-Transport: LeRobot's `receive_policy` / `send_transitions` / `send_interactions` workers, each wrapped in a
-reconnect loop, so a restarted learner is picked up (rows of the old learner run are dropped by the new one).
+Transport: LeRobot's `receive_policy` worker and two client streams (transitions, interactions) fed from their
+queues by `QueueFeed`, each in a reconnect loop, so a restarted learner is picked up (rows of the old learner run are
+dropped by the new one); a dropped connection costs at most the message being sent at the drop.
 The actor stops when the learner says training is done, on SIGINT/SIGTERM, after `actor_max_chunks`, or when
 the learner stays unreachable for `reconnect_timeout_s`.
 """
@@ -22,6 +23,7 @@ import sys
 import json
 import threading
 import time
+from queue import Empty
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,9 +31,12 @@ import torch
 from torch.multiprocessing import Queue
 
 from lerobot.policies import make_policy, make_pre_post_processors
-from lerobot.rl.actor import push_transitions_to_transport_queue, receive_policy, send_interactions, send_transitions
+import grpc
+
+from lerobot.rl.actor import push_transitions_to_transport_queue, receive_policy
 from lerobot.rl.queue import get_last_item_from_queue
-from lerobot.transport.utils import bytes_to_state_dict, python_object_to_bytes
+from lerobot.transport import services_pb2
+from lerobot.transport.utils import bytes_to_state_dict, python_object_to_bytes, send_bytes_in_chunks
 from lerobot.utils.process import ProcessSignalHandler
 from lerobot.utils.random_utils import set_seed
 
@@ -322,15 +327,69 @@ def _keep_streaming(name: str, worker, cfg, queue: Queue, shutdown_event, learne
             return
 
 
+class QueueFeed:
+    """Feeds one client-streaming call after another (one per connection) from one queue, in queue order.
+
+    gRPC reads a call's request iterator from its own thread, and that thread asks for the next item before it
+    notices that the call has ended: a plain queue-reading generator would take one more message after a dropped
+    connection and lose it, whenever that message comes (seconds later, after the reconnect). Here a message taken for
+    a call that has ended is kept and sent first by the next call; takes are serialized, so the old call's reader
+    and the new one cannot swap two messages. Lost at a drop: only the message whose chunks were being sent."""
+
+    def __init__(self, queue: Queue, message_class, timeout_s: float):
+        self.queue, self.message_class, self.timeout_s = queue, message_class, timeout_s
+        self._take_lock = threading.Lock()
+        self._kept: bytes | None = None
+
+    def _take(self, call_ended) -> bytes | None:
+        with self._take_lock:
+            if call_ended():
+                return None
+            if self._kept is not None:
+                message, self._kept = self._kept, None
+                return message
+            try:
+                message = self.queue.get(timeout=self.timeout_s)
+            except Empty:
+                return None
+            if call_ended():
+                self._kept = message
+                return None
+            return message
+
+    def requests(self, call_ended, shutdown_event):
+        while not shutdown_event.is_set() and not call_ended():
+            message = self._take(call_ended)
+            if message is not None:
+                yield from send_bytes_in_chunks(message, self.message_class)
+
+    def worker(self, method: str):
+        """A transport worker (LeRobot's signature) streaming this feed over `stub.<method>` until the call ends."""
+
+        def stream(cfg, _queue, shutdown_event, stub, _channel) -> None:
+            box: list = []
+            call = getattr(stub, method).future(self.requests(lambda: bool(box) and box[0].done(), shutdown_event))
+            box.append(call)
+            try:
+                call.result()
+            except grpc.RpcError as err:
+                logger.debug("[ACTOR] %s ended: %s", method, err.code())
+
+        return stream
+
+
 def start_workers(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event,
                   security: ClientSecurity = PLAINTEXT) -> Workers:
     # LeRobot's workers close their channel and re-init logging unless they run as threads.
     cfg.policy.concurrency.actor = "threads"
     workers = Workers(Queue(), Queue(), Queue())
+    timeout_s = cfg.policy.actor_learner_config.queue_get_timeout
+    transitions = QueueFeed(workers.transitions, services_pb2.Transition, timeout_s)
+    interactions = QueueFeed(workers.interactions, services_pb2.InteractionMessage, timeout_s)
     for name, fn, queue in (
         ("parameters", receive_policy, workers.parameters),
-        ("transitions", send_transitions, workers.transitions),
-        ("interactions", send_interactions, workers.interactions),
+        ("transitions", transitions.worker("SendTransitions"), workers.transitions),
+        ("interactions", interactions.worker("SendInteractions"), workers.interactions),
     ):
         thread = threading.Thread(
             target=_keep_streaming,

@@ -389,10 +389,14 @@ def new_client(
     """A fresh stub on a fresh channel (after a learner restart a new channel reconnects at once, where an old
     one may sit in exponential reconnect backoff); TLS and the token as `security` says."""
     address = f"{host}:{port}"
+    # No gRPC-level retries: a retried client-streaming call replays the messages it had already sent (gRPC keeps
+    # the start of a call to replay), so a learner that dropped the connection after receiving them would admit
+    # them twice. Reconnecting is the caller's job (the actor's reconnect loop), which never resends.
+    options = grpc_channel_options(enable_retries=False)
     if security.root_certificates is None:
-        channel = grpc.insecure_channel(address, grpc_channel_options())
+        channel = grpc.insecure_channel(address, options)
     else:
-        options = list(grpc_channel_options())
+        options = list(options)
         if security.server_name:
             options.append(("grpc.ssl_target_name_override", security.server_name))
         credentials = grpc.ssl_channel_credentials(root_certificates=security.root_certificates)
