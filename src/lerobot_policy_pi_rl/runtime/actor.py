@@ -23,16 +23,15 @@ import sys
 import json
 import threading
 import time
-from queue import Empty
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty
 
+import grpc
 import torch
 from torch.multiprocessing import Queue
 
 from lerobot.policies import make_policy, make_pre_post_processors
-import grpc
-
 from lerobot.rl.actor import push_transitions_to_transport_queue, receive_policy
 from lerobot.rl.queue import get_last_item_from_queue
 from lerobot.transport import services_pb2
