@@ -26,7 +26,7 @@ from lerobot_policy_pi_rl.runtime.rollout_recorder import (
     RolloutRecorder,
     _observation_copy,
 )
-from test_runtime import ENV, H, free_port, tiny_args
+from test_runtime import ENV, H, free_port, run_in_threads, tiny_args
 
 REPO_ID = "local/rollouts"
 ROLLOUT_COLUMNS = {REWARD, DONE, TRUNCATED, SUCCESS, INTERVENTION, POLICY_VERSION, STREAM_ID, STREAM_EPISODE}
@@ -199,27 +199,15 @@ def test_the_launcher_checks_every_actors_folder_before_starting_anything(tmp_pa
 
 
 def test_a_recorded_run_is_a_dataset_for_lerobot_lerobot_train_and_the_offline_source(tmp_path):
-    from lerobot_policy_pi_rl.runtime.actor import build_actor
     from lerobot_policy_pi_rl.runtime.cli import load_config
     from lerobot_policy_pi_rl.runtime.learner import build_learner
 
     out = tmp_path / "run"
     args = tiny_args(free_port(), out, num_updates=2, checkpoint_every_updates=0, record_rollouts="true",
                      **{"env.episode_length": 6})
-    codes: dict[str, int] = {}
-    learner = build_learner(load_config(args), shutdown_event=threading.Event())
-    learner_thread = threading.Thread(target=lambda: codes.update(learner=learner.run()), daemon=True)
-    learner_thread.start()
-    actor = build_actor(load_config(args), shutdown_event=threading.Event())
-    actor_thread = threading.Thread(target=lambda: codes.update(actor=actor.run()), daemon=True)
-    actor_thread.start()
-    try:
-        learner_thread.join(timeout=240)
-        actor_thread.join(timeout=60)
-    finally:
-        learner.close()
-        actor.close()
-    assert codes == {"learner": 0, "actor": 0}
+    actors: list = []
+    run_in_threads(args, prepare_actor=actors.append)
+    actor = actors[0]
 
     # (a) LeRobot loads it: every finished episode, the env's features, versions of the learner's weights.
     root = out / "rollouts" / "actor_0"

@@ -325,9 +325,9 @@ def wandb_history(output_dir: Path) -> list[dict]:
     return rows
 
 
-def run_in_threads(args: list[str], prepare_learner=None):
+def run_in_threads(args: list[str], prepare_learner=None, prepare_actor=None):
     """A learner and one actor from the same CLI args, in threads of this process (free port); both must exit 0.
-    `prepare_learner(learner)` runs before the learner starts. Returns the learner."""
+    `prepare_learner(learner)` / `prepare_actor(actor)` run before each starts. Returns the learner."""
     from lerobot_policy_pi_rl.runtime.actor import build_actor
     from lerobot_policy_pi_rl.runtime.cli import load_config
     from lerobot_policy_pi_rl.runtime.learner import build_learner
@@ -339,6 +339,8 @@ def run_in_threads(args: list[str], prepare_learner=None):
     learner_thread = threading.Thread(target=lambda: codes.update(learner=learner.run()), daemon=True)
     learner_thread.start()
     actor = build_actor(load_config(args), shutdown_event=threading.Event())
+    if prepare_actor is not None:
+        prepare_actor(actor)
     actor_thread = threading.Thread(target=lambda: codes.update(actor=actor.run()), daemon=True)
     actor_thread.start()
     try:
