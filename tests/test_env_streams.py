@@ -96,7 +96,7 @@ class _ScriptedStream:
 
 
 def test_execute_chunk_stops_at_done_and_flags_the_chunk_intervened():
-    actor = SimpleNamespace(streams=[_ScriptedStream()], episode=[EpisodeStats()], env_steps=0)
+    actor = SimpleNamespace(streams=[_ScriptedStream()], episode=[EpisodeStats()], env_steps=0, recorder=None)
     actions = torch.arange(20, dtype=torch.float32).reshape(5, 4)
     out = PiRLActor.execute_chunk(actor, 0, actions)
     assert out.executed.shape == (3, 4)  # the chunk ends the episode at the done step, not after C=5

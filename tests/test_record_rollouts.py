@@ -132,6 +132,27 @@ class _Step:
         self.reward, self.terminated, self.truncated, self.success, self.intervention = 0.0, True, False, False, False
 
 
+def test_an_actor_forced_out_right_after_start_up_still_writes_its_finished_episodes(tmp_path):
+    """LeRobot's signal handler exits the actor on a second Ctrl-C, possibly while its writer process is still
+    starting: the writer must be running by then (it rebuilds its queues from the actor's), so the finished episode
+    is written. The process below exits the moment its episode is queued."""
+    root = tmp_path / "actor_0"
+    script = f"""
+import sys, torch
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_record_rollouts import _Step
+from lerobot_policy_pi_rl.runtime.rollout_recorder import RolloutRecorder
+recorder = RolloutRecorder({str(root)!r}, repo_id={REPO_ID!r}, fps=10, robot_type=None, stream_ids=[0], tasks=["t"])
+recorder.begin(0, {{"{OBS_STATE}": torch.zeros(3)}})
+recorder.step(0, _Step({{"{OBS_STATE}": torch.ones(3)}}, torch.zeros(2)), policy_version=0)
+recorder.end_episode(0)
+sys.exit(1)  # as LeRobot's ProcessSignalHandler does on the second signal
+"""
+    proc = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert load(root).meta.total_episodes == 1, proc.stderr[-3000:]
+
+
 def test_a_failed_write_is_reported_naming_the_feature_and_keeps_the_episodes_already_written(tmp_path):
     """An episode whose observation no longer matches the dataset's features: the recorder raises naming it, and
     the episodes written before stay on disk, loadable."""

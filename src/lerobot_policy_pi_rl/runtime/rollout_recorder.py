@@ -43,6 +43,9 @@ STREAM_ID = "complementary_info.stream_id"
 STREAM_EPISODE = "complementary_info.stream_episode"
 # Episodes the writer may lag behind before a hand-off waits for it (memory stays bounded on a slow disk).
 MAX_QUEUED_EPISODES = 64
+# How long an actor waits for its writer process to start (a spawned Python importing torch and LeRobot; seconds on
+# an idle machine, more on a loaded one).
+WRITER_START_TIMEOUT_S = 300.0
 
 
 def rollouts_root(cfg) -> Path:
@@ -157,6 +160,7 @@ class RolloutRecorder:
         )
         self._writer.start()
         self._closed = self._stop_sent = False
+        self._wait_ready()
         # multiprocessing's own exit handler joins the writer; it must have been told to stop by then, also when
         # `close()` never ran (a second signal raised SystemExit first). atexit runs this one first (LIFO).
         atexit.register(self._stop_writer)
@@ -245,6 +249,26 @@ class RolloutRecorder:
             except queue.Full:
                 self._check_writer()
 
+    def _wait_ready(self, timeout_s: float = WRITER_START_TIMEOUT_S) -> None:
+        """Block until the writer has unpickled its queues and runs. A spawned child rebuilds the queues' locks from
+        the parent's; an actor that exited while its writer was still starting (a Ctrl-C right after start-up)
+        left a writer that could never start, and the episodes queued for it were lost."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                kind, value = self._results.get(timeout=0.5)
+            except queue.Empty:
+                if not self._writer.is_alive():
+                    raise RuntimeError(f"rollout recording to {self.root} failed: the writer process exited with "
+                                       f"code {self._writer.exitcode} while starting") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"rollout recording to {self.root} failed: the writer process did not start "
+                                       f"within {timeout_s:.0f} s") from None
+                continue
+            if kind == "ready":
+                return
+            raise RuntimeError(f"rollout recording to {self.root} failed while the writer started: {value}")
+
     def _stop_writer(self) -> None:
         if not self._stop_sent and self._writer.is_alive():
             self._stop_sent = True
@@ -316,6 +340,7 @@ def _writer_main(episodes, results, root: str, repo_id: str, fps: int, robot_typ
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    results.put(("ready", None))  # the queues are rebuilt: the actor may now exit at any time
     torch.set_num_threads(1)
     # Imported now, while the actor starts, not when the first episode arrives: the datasets stack takes seconds
     # to import, and a short run's `close()` would wait for it.
