@@ -18,7 +18,8 @@ from lerobot_policy_pi_rl.scripts.evaluate import wilson_interval
 TWO = "push-v3,pick-place-v3"
 # Evaluation success per task (SFT, PI-RL) the fake stages report, and the fake learner's training curve.
 RATES = {"push-v3": (0.40, 0.70), "pick-place-v3": (0.10, 0.20), "door-open-v3": (0.50, 0.80)}
-TRAINING = [(1000, 0.3), (2000, 0.45), (3000, 0.6)]
+# (env steps, training-episode success, episodes in the window): the window is full from the second update on.
+TRAINING = [(1000, 0.3, 60), (2000, 0.45, 100), (3000, 0.6, 100)]
 
 
 def _flag(argv: list[str], name: str) -> str:
@@ -58,10 +59,12 @@ class FakeStages:
             out.mkdir(parents=True)
             if name == commands.TITLES["pi_rl"]:
                 rows = []
-                for steps, rate in TRAINING:
+                for steps, rate, episodes in TRAINING:
                     row = {"update": len(rows) + 1, "wall_time_s": 1.0, "rollout/interaction_steps": steps,
-                           "rollout/success_rate": rate}
-                    row.update({f"rollout/success_rate/{task_label(t, 0)}": rate / 2 for t in tasks.split(",")})
+                           "rollout/success_rate": rate, "rollout/window_episodes": episodes}
+                    for t in tasks.split(","):
+                        row[f"rollout/success_rate/{task_label(t, 0)}"] = rate / 2
+                        row[f"rollout/window_episodes/{task_label(t, 0)}"] = episodes
                     rows.append(row)
                 (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
             if failing:
@@ -359,7 +362,7 @@ def test_report_numbers_intervals_aggregate_and_labels(tmp_path):
     assert text.count("MetaWorld's success flag (info['success']) is true at any step") == 1
     assert "deterministic ODE (no exploration noise), 100 episodes per task from env seed 100000 on" in text
     evaluation, training = text.split("## Training-episode success (stochastic sampling; not evaluation)")
-    assert "| push-v3 | 30.0 % | 60.0 % | 3 |" in training and "60.0 %" not in evaluation.split("| task |")[1]
+    assert "| push-v3 | 45.0 % | 60.0 % | 3 |" in training and "60.0 %" not in evaluation.split("| task |")[1]
     assert "stochastic sampling with exploration noise; not an evaluation" in text
     # The scaled run is labelled; every recipe value is listed; the commands are quoted per task.
     assert "**Not the benchmark recipe**" not in text and "The benchmark's default recipe, unchanged." in text
@@ -372,7 +375,7 @@ def test_report_numbers_intervals_aggregate_and_labels(tmp_path):
     assert summary["aggregate"]["tasks_improved"] == 2
     assert summary["aggregate"]["pi_rl_pooled"]["success_ci95"] == list(wilson_interval(170, 300))
     assert summary["per_task"]["push-v3"]["training_episode_success"] == {
-        "first": 0.3, "last": 0.6, "updates_with_episodes": 3}
+        "first_full_window": 0.45, "last": 0.6, "updates_with_episodes": 3}
     assert summary["units"]["push-v3"]["wall_time_s"] == {"demos": 60.0, "SFT": 60.0, "evals": 120.0,
                                                           "PI-RL": 60.0, "total": 300.0}
     png = (run_dir / "learning_curves.png").read_bytes()
@@ -435,5 +438,14 @@ def test_multitask_run_trains_one_policy_and_reports_per_task(tmp_path):
     assert "| +20.0 (mean) | shared | shared |" in text
     assert "The one multi-task policy: 3000 PI-RL env steps over all tasks" in text
     # Training-episode success per task from the learner's per-task windows.
-    assert "| pick-place-v3 | 15.0 % | 30.0 % | 3 |" in text
+    assert "| pick-place-v3 | 22.5 % | 30.0 % | 3 |" in text
     assert "### multitask" in text
+
+
+def test_training_success_starts_at_the_first_full_window():
+    """The first episodes to finish are the short (often successful) ones: the report's first training-success
+    value is the first one over a full window of episodes, and there is none while the window is not full."""
+    curve = [(100.0, 1.0, 3.0), (200.0, 0.8, 99.0), (300.0, 0.4, 100.0), (400.0, 0.5, 100.0)]
+    assert report.first_full_window(curve) == 0.4
+    assert report.first_full_window(curve[:2]) is None
+    assert report.first_full_window([(1.0, 1.0, float("nan"))]) is None  # a run logged before the count existed

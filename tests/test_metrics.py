@@ -37,12 +37,16 @@ def test_training_stats_are_logged_under_stable_namespaces():
 def test_episode_window_keeps_the_last_100_episodes():
     window = EpisodeWindow()
     assert window.as_log_dict()["rollout/success_rate"] != window.as_log_dict()["rollout/success_rate"]  # NaN
+    assert window.as_log_dict()["rollout/window_episodes"] == 0.0
     for i in range(150):
+        if i == 40:
+            assert window.as_log_dict()["rollout/window_episodes"] == 40.0
         window.add({"Episodic reward": float(i), "Success": float(i % 2), "Episode length": 10,
                     "Intervention rate": 0.0})
     log = window.as_log_dict()
     assert log["rollout/episode_return"] == sum(range(50, 150)) / 100
     assert log["rollout/success_rate"] == 0.5 and log["rollout/episode_length"] == 10.0
+    assert log["rollout/window_episodes"] == 100.0
 
 
 def test_update_log_and_console_line():
@@ -74,6 +78,7 @@ def test_episode_window_reports_each_task_of_a_multi_task_suite():
     log = window.as_log_dict()
     assert log["rollout/success_rate"] == 2 / 3
     assert log["rollout/success_rate/push-v3/0"] == 0.5 and log["rollout/success_rate/drawer-open-v3/0"] == 1.0
+    assert log["rollout/window_episodes/push-v3/0"] == 2.0 and log["rollout/window_episodes"] == 3.0
     assert log["rollout/episode_return/drawer-open-v3/0"] == 1.0
     single = EpisodeWindow()
     single.add({"Success": 1.0, "Task": "pick up the cube"})

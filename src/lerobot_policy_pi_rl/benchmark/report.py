@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 
 from ..demo.report import format_success, last_env_steps, read_metrics
-from ..runtime.metrics import task_label
+from ..runtime.metrics import EPISODE_WINDOW, task_label
 from .commands import ENV_TYPE, STAGES, TITLES, Unit, n_envs
 from .rundir import Benchmark, UnitRecord, first_unfinished
 
@@ -28,8 +28,6 @@ SUCCESS_DEFINITION = (
 )
 # A task counts as improved when PI-RL's evaluation success exceeds SFT's by at least this many points.
 IMPROVED_POINTS = 25.0
-# The learner's training-episode success is a moving mean over this many recent episodes (per task).
-TRAINING_WINDOW = 100
 # Wall-time columns: stage -> column.
 TIME_COLUMNS = {"demos": "demos", "sft": "SFT", "eval_sft": "evals", "eval_pi_rl": "evals", "pi_rl": "PI-RL"}
 
@@ -74,12 +72,20 @@ def pooled(results: list[dict]) -> dict:
             "num_successes": successes, "num_episodes": episodes}
 
 
-def training_curve(rows: list[dict], task: str, unit: Unit) -> list[tuple[float, float]]:
-    """(env steps, training-episode success) per update with a finished episode: the task's own window in a
-    multi-task run (`rollout/success_rate/<task>/0`: the env builds one suite per MetaWorld task), the run's in a
-    single-task one."""
-    key = "rollout/success_rate" if len(unit.tasks) == 1 else f"rollout/success_rate/{task_label(task, 0)}"
-    return [(float(r["rollout/interaction_steps"]), float(r[key])) for r in rows if r.get(key) is not None]
+def training_curve(rows: list[dict], task: str, unit: Unit) -> list[tuple[float, float, float]]:
+    """(env steps, training-episode success, episodes in its window) per update with a finished episode: the task's
+    own window in a multi-task run (`rollout/success_rate/<task>/0`: the env builds one suite per MetaWorld task),
+    the run's in a single-task one."""
+    suffix = "" if len(unit.tasks) == 1 else f"/{task_label(task, 0)}"
+    key, count = f"rollout/success_rate{suffix}", f"rollout/window_episodes{suffix}"
+    return [(float(r["rollout/interaction_steps"]), float(r[key]), float(r.get(count, float("nan"))))
+            for r in rows if r.get(key) is not None]
+
+
+def first_full_window(curve: list[tuple[float, float, float]]) -> float | None:
+    """Training-episode success at the first update whose window holds `EPISODE_WINDOW` episodes (None before
+    that): earlier values cover the first episodes to finish, the short ones, and read high."""
+    return next((rate for _, rate, episodes in curve if episodes >= EPISODE_WINDOW), None)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -130,7 +136,7 @@ def collect(run_dir: Path) -> tuple[dict, dict[str, list[tuple[float, float]]]]:
                 "pi_rl": rl,
                 "change_points": 100 * (rl["success_rate"] - sft["success_rate"]) if sft and rl else None,
                 "training_episode_success": {
-                    "first": curve[0][1] if curve else None,
+                    "first_full_window": first_full_window(curve),
                     "last": curve[-1][1] if curve else None,
                     "updates_with_episodes": len(curve),
                 },
@@ -170,7 +176,7 @@ def collect(run_dir: Path) -> tuple[dict, dict[str, list[tuple[float, float]]]]:
         },
         "success_definition": SUCCESS_DEFINITION,
         "training_episode_success": (
-            f"moving mean over the last {TRAINING_WINDOW} training episodes (per task), each cut at "
+            f"moving mean over the last {EPISODE_WINDOW} training episodes (per task), each cut at "
             f"{recipe.train_episode_length} steps (evaluation: 500), stochastic sampling with "
             "exploration noise; not an evaluation"
         ),
@@ -280,12 +286,13 @@ def render_markdown(summary: dict, name: str, earlier: list[str], figure: str) -
         "## Training-episode success (stochastic sampling; not evaluation)", "",
         f"The learner's {summary['training_episode_success']}: do not compare it with the evaluation table above.",
         "",
-        "| task | after the first update with episodes | after the last update | updates with episodes |",
+        f"| task | at the first update with {EPISODE_WINDOW} episodes in the window | after the last update | "
+        "updates with episodes |",
         "|---|---|---|---|",
     ]
     for task, row in summary["per_task"].items():
         training = row["training_episode_success"]
-        lines.append(f"| {task} | {_pct(training['first'])} | {_pct(training['last'])} | "
+        lines.append(f"| {task} | {_pct(training['first_full_window'])} | {_pct(training['last'])} | "
                      f"{training['updates_with_episodes']} |")
     lines += ["", "## Commands", ""]
     for name, unit in summary["units"].items():
@@ -317,7 +324,7 @@ def plot_learning_curves(summary: dict, curves: dict[str, list[tuple[float, floa
         row = summary["per_task"][task]
         curve = curves.get(task, [])
         if curve:
-            ax.plot([s for s, _ in curve], [v for _, v in curve], color="tab:blue", lw=1.2,
+            ax.plot([s for s, _, _ in curve], [v for _, v, _ in curve], color="tab:blue", lw=1.2,
                     label="training episodes (stochastic)")
         end = summary["units"][row["unit"]]["pi_rl_env_steps"] or (curve[-1][0] if curve else 0)
         for name, x, color in (("sft", 0, "gray"), ("pi_rl", end, "tab:red")):

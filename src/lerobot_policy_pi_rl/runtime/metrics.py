@@ -18,15 +18,19 @@ from pathlib import Path
 from lerobot.rl.algorithms.configs import TrainingStats
 
 
+# The training-episode metrics (`rollout/success_rate`, ...) are moving means over this many recent episodes.
+EPISODE_WINDOW = 100
+
+
 @dataclass
 class EpisodeWindow:
     """Recent episode summaries from the actors' interaction messages (console and W&B): over all tasks, and per
     task (`Task` in the message) when episodes come from more than one task."""
 
-    returns: deque = field(default_factory=lambda: deque(maxlen=100))
-    successes: deque = field(default_factory=lambda: deque(maxlen=100))
-    lengths: deque = field(default_factory=lambda: deque(maxlen=100))
-    interventions: deque = field(default_factory=lambda: deque(maxlen=100))
+    returns: deque = field(default_factory=lambda: deque(maxlen=EPISODE_WINDOW))
+    successes: deque = field(default_factory=lambda: deque(maxlen=EPISODE_WINDOW))
+    lengths: deque = field(default_factory=lambda: deque(maxlen=EPISODE_WINDOW))
+    interventions: deque = field(default_factory=lambda: deque(maxlen=EPISODE_WINDOW))
     #: Task label -> its own window (multi-task suites).
     per_task: dict[str, EpisodeWindow] = field(default_factory=dict)
 
@@ -48,10 +52,14 @@ class EpisodeWindow:
             "rollout/success_rate": mean(self.successes),
             "rollout/episode_length": mean(self.lengths),
             "rollout/intervention_rate": mean(self.interventions),
+            # How many episodes the means cover: the first episodes to finish are the short ones, often the
+            # successes, so a window that is not full yet reads high.
+            "rollout/window_episodes": float(len(self.successes)),
         }
         if len(self.per_task) > 1:
             for task, window in sorted(self.per_task.items()):
                 log[f"rollout/success_rate/{task}"] = mean(window.successes)
+                log[f"rollout/window_episodes/{task}"] = float(len(window.successes))
                 log[f"rollout/episode_return/{task}"] = mean(window.returns)
         return log
 
