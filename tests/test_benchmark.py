@@ -223,6 +223,10 @@ def test_multitask_commands_one_hot_everywhere_but_sft_and_envs_a_multiple_of_th
     assert "--dataset.repo_id=local/metaworld_multitask" in cmd["sft"]
     assert _flag(cmd["demos"], "--num_episodes") == str(BenchmarkRecipe().demo_episodes)  # per task
     assert f"--n_envs={expected}" in cmd["pi_rl"] and expected % num_tasks == 0
+    # Budgets are per task: each task gets a single-task policy's SFT steps and PI-RL updates.
+    r = BenchmarkRecipe()
+    assert f"--steps={r.sft_steps * num_tasks}" in cmd["sft"] and f"--save_freq={r.sft_steps * num_tasks}" in cmd["sft"]
+    assert f"--num_updates={r.rl_updates * num_tasks}" in cmd["pi_rl"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -434,6 +438,7 @@ def test_multitask_run_trains_one_policy_and_reports_per_task(tmp_path):
     assert all("--env.task_one_hot=true" in argv for _, name, argv in fake.calls if name != commands.TITLES["sft"])
     text = (run_dir / "report.md").read_text()
     assert "Multi-task mode: ONE policy trained on all 2 tasks" in text
+    assert "this 2-task policy trains 2000 SFT steps and 200 PI-RL updates (2 times the recipe's)" in text
     assert "| push-v3 | 40.0 % [30.9, 49.8] (40/100) | 70.0 % [60.4, 78.1] (70/100) | +30.0 | shared | shared |" in text
     assert "| +20.0 (mean) | shared | shared |" in text
     assert "The one multi-task policy: 3000 PI-RL env steps over all tasks" in text

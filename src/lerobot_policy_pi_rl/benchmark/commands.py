@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..demo.stages import console_script
-from .recipe import BenchmarkRecipe, multitask_n_envs
+from .recipe import BenchmarkRecipe, multitask_n_envs, unit_rl_updates, unit_sft_steps
 
 ENV_TYPE = "pi_rl_metaworld"
 STAGES = ("demos", "sft", "eval_sft", "pi_rl", "eval_pi_rl")
@@ -82,6 +82,7 @@ def record_command(recipe: BenchmarkRecipe, unit: Unit, seed: int) -> list[str]:
 
 
 def sft_command(recipe: BenchmarkRecipe, unit: Unit, seed: int) -> list[str]:
+    steps = unit_sft_steps(recipe, len(unit.tasks))
     return [
         console_script("lerobot-train"),
         "--policy.type=pi_rl",
@@ -93,9 +94,9 @@ def sft_command(recipe: BenchmarkRecipe, unit: Unit, seed: int) -> list[str]:
         "--policy.push_to_hub=false",
         f"--dataset.repo_id=local/metaworld_{unit.name}",
         f"--dataset.root={unit.output('demos')}",
-        f"--steps={recipe.sft_steps}",
+        f"--steps={steps}",
         f"--batch_size={recipe.sft_batch_size}",
-        f"--save_freq={recipe.sft_steps}",
+        f"--save_freq={steps}",
         "--log_freq=200",
         "--num_workers=0",
         f"--seed={seed}",
@@ -127,7 +128,7 @@ def pi_rl_command(recipe: BenchmarkRecipe, unit: Unit, seed: int, port: int | No
         f"--algorithm.update_epochs={recipe.update_epochs}",
         f"--algorithm.critic_warmup_updates={recipe.critic_warmup_updates}",
         f"--algorithm.minibatch_size={recipe.minibatch_size}",
-        f"--num_updates={recipe.rl_updates}",
+        f"--num_updates={unit_rl_updates(recipe, len(unit.tasks))}",
         f"--n_envs={n_envs(recipe, unit)}",
         f"--num_actors={recipe.num_actors}",
         f"--checkpoint_every_updates={CHECKPOINT_EVERY_UPDATES}",

@@ -21,6 +21,7 @@ from ..demo.report import format_success, last_env_steps, read_metrics
 from ..runtime.metrics import EPISODE_WINDOW, task_label
 from .commands import ENV_TYPE, STAGES, TITLES, Unit, n_envs
 from .rundir import Benchmark, UnitRecord, first_unfinished
+from .recipe import unit_rl_updates, unit_sft_steps
 
 SUCCESS_DEFINITION = (
     "an episode is a success if MetaWorld's success flag (info['success']) is true at any step; the episode ends "
@@ -121,6 +122,8 @@ def collect(run_dir: Path) -> tuple[dict, dict[str, list[tuple[float, float]]]]:
             "next_stage": None if first is None else TITLES[STAGES[first]],
             "pi_rl_env_steps": last_env_steps(rows) if rl_finished else None,
             "n_envs_per_actor": n_envs(recipe, unit),
+            "sft_steps": unit_sft_steps(recipe, len(unit.tasks)),
+            "rl_updates": unit_rl_updates(recipe, len(unit.tasks)),
             "wall_time_s": wall_times(record),
             "commands": {stage: record.commands[stage] for stage in STAGES if stage in record.commands},
             "finished_stages": [s for s in STAGES if s in record.finished],
@@ -228,6 +231,9 @@ def render_markdown(summary: dict, name: str, earlier: list[str], figure: str) -
     lines += [f"| `{k}` | {'policy default' if v is None else v} |" for k, v in recipe.items()]
     if multitask:
         unit = next(iter(summary["units"].values()))
+        lines += ["", f"Budgets are per task: this {len(summary['tasks'])}-task policy trains {unit['sft_steps']} SFT "
+                      f"steps and {unit['rl_updates']} PI-RL updates ({len(summary['tasks'])} times the recipe's), "
+                      "so each task gets a single-task policy's share."]
         if unit["n_envs_per_actor"] != recipe["n_envs"]:
             lines += ["", f"Envs per actor in this multi-task run: {unit['n_envs_per_actor']} (the recipe's "
                           f"{recipe['n_envs']} rounded up to a multiple of the {len(summary['tasks'])} tasks)."]
