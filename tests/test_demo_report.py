@@ -272,3 +272,95 @@ def test_env_flags_for_the_scripts_and_for_lerobot_pi_rl_train():
         env_flags({"randomize_cube": False}, prefix="--")
     with pytest.raises(ValueError, match="backbone='pi0'"):
         DemoSettings(backbone="pi0")
+
+
+def _rows(rates: list[float | None], steps_per_update: int = 100) -> list[dict]:
+    """Metrics rows, one per update, `steps_per_update` env steps each; None: no finished episode yet."""
+    rows = []
+    for i, rate in enumerate(rates, start=1):
+        row = {"update": i, "rollout/interaction_steps": i * steps_per_update}
+        if rate is not None:
+            row["rollout/success_rate"] = rate
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize(("rates", "expected"), [
+    ([0.95] * 9, None),  # fewer than 10 updates
+    ([0.5] * 30, None),  # never reached
+    ([0.5] * 5 + [0.9] * 10, 600),  # reached at the very end, exactly at the threshold
+    ([0.9] * 9 + [0.89] + [1.0] * 10, 1100),  # a dip resets the streak
+    ([0.9] * 4 + [None] + [0.9] * 10 + [0.2], 600),  # a row without a success rate resets it too
+    ([1.0] * 25, 100),  # the first update of the first run, not of a later one
+])
+def test_env_steps_to_success_is_where_the_first_run_of_ten_updates_at_90_percent_starts(rates, expected):
+    assert report.env_steps_to_success(_rows(rates)) == expected
+
+
+def test_env_steps_to_success_takes_its_threshold_and_run_length():
+    rows = _rows([0.6, 0.7, 0.7, 0.5, 0.8])
+    assert report.env_steps_to_success(rows, success=0.7, updates=2) == 200
+    assert report.env_steps_to_success(rows, success=0.7, updates=3) is None
+    assert report.env_steps_to_success(rows, success=0.5, updates=5) == 100
+    with pytest.raises(ValueError, match="updates=0"):
+        report.env_steps_to_success(rows, updates=0)
+
+
+def _rl_command(tmp_path, monkeypatch, argv: list[str]) -> list[str]:
+    commands = []
+    monkeypatch.setattr(pipeline, "run_stage", lambda settings, name, argv, env=None: commands.append(argv))
+    settings = pipeline.parse_args([*argv, "--run_dir", str(tmp_path / "run")])
+    pipeline.pi_rl(settings, tmp_path / "sft", tmp_path / "demos")
+    (argv_rl,) = commands
+    return argv_rl
+
+
+def test_offline_ratio_mixes_the_sft_demonstrations_into_the_rl_stage(tmp_path, monkeypatch):
+    """`--offline_ratio 0` (the default) leaves the PI-RL command as it was; above 0 the demonstrations SFT trained
+    on become the learner's offline source, and lerobot-pi-rl-train's config parses the flags."""
+    from lerobot_policy_pi_rl.runtime.cli import load_config
+
+    plain = _rl_command(tmp_path, monkeypatch, [])
+    assert _rl_command(tmp_path, monkeypatch, ["--offline_ratio", "0"]) == plain
+    assert not [a for a in plain if a.startswith(("--algorithm.offline", "--policy.actor_learner_config"))]
+    mixed = _rl_command(tmp_path, monkeypatch, ["--offline_ratio", "0.25", "--offline_loss_weight", "0.5"])
+    assert [a for a in mixed if a not in plain] == [
+        "--algorithm.offline.repo_ids=[local/pickcube]", f"--algorithm.offline.roots=[{tmp_path / 'demos'}]",
+        "--algorithm.offline.ratio=0.25", "--algorithm.offline.loss_weight=0.5"]
+    cfg = load_config([a for a in mixed[1:] if not a.startswith("--policy.path")] + ["--policy.type=pi_rl"])
+    offline = cfg.algorithm.offline
+    assert (offline.repo_ids, offline.roots, offline.ratio, offline.loss_weight) == (
+        ["local/pickcube"], [str(tmp_path / "demos")], 0.25, 0.5)
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["--offline_ratio", "1"], "--offline_ratio=1.0"),
+    (["--offline_ratio", "-0.1"], "--offline_ratio=-0.1"),
+    (["--offline_ratio", "nan"], "--offline_ratio=nan"),
+    (["--offline_ratio", "0.2", "--offline_loss_weight", "-1"], "--offline_loss_weight=-1.0"),
+])
+def test_offline_settings_are_validated_before_anything_runs(tmp_path, capsys, argv, named):
+    with pytest.raises(SystemExit):
+        pipeline.parse_args([*argv, "--run_dir", str(tmp_path / "run")])
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_report_states_the_offline_ratio_and_env_steps_to_90_percent(tmp_path):
+    settings = DemoSettings(run_dir=tmp_path, offline_ratio=0.25)
+    stages.save_stages(settings)
+    curve = [{**row, "wall_time_s": 1.0} for row in _rows([0.5] + [0.95] * 10)]
+    text = report.write_report(settings, {"sft": _eval(0.44), "pi_rl": _eval(0.92)}, {"pi_rl": curve}, 10.0).read_text()
+    assert "Online/offline mixing: 25 % of each PPO minibatch's rows are the SFT demonstrations" in text
+    assert "Env steps to 90 % training-episode success: 200 (" in text and "not the evaluation" in text
+    summary = json.loads((tmp_path / "report.json").read_text())
+    assert (summary["offline_ratio"], summary["pi_rl_env_steps_to_success"]) == (0.25, 200)
+    # Rebuilt from the run directory: the ratio comes back from stages.json.
+    (tmp_path / "eval_pi_rl.json").write_text(json.dumps(_eval(0.92)))
+    (tmp_path / "pi_rl").mkdir()
+    (tmp_path / "pi_rl" / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in curve[:5]))
+    text = report.rebuild_report(tmp_path).read_text()
+    assert "Online/offline mixing: 25 %" in text and "not reached in 500 env steps" in text
+
+    plain = report.write_report(DemoSettings(run_dir=tmp_path), {"pi_rl": _eval(0.92)}, {"pi_rl": curve}, 1.0)
+    assert "Online/offline mixing" not in plain.read_text()

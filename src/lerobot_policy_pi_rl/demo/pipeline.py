@@ -4,7 +4,8 @@ Stages (each one a real command of this package or of LeRobot, run as a subproce
   1. record a few scripted demonstrations as a local LeRobotDataset;
   2. SFT of a `pi_rl` flow_mlp policy with LeRobot's own `lerobot-train`;
   3. evaluate the SFT policy (deterministic ODE sampling, fixed seeds);
-  4. PI-RL fine-tuning with `lerobot-pi-rl-train` (a learner and actor processes over gRPC);
+  4. PI-RL fine-tuning with `lerobot-pi-rl-train` (a learner and actor processes over gRPC); with
+     `--offline_ratio R`, every PPO minibatch also carries the demonstrations of stage 1 (a share R of its rows);
   5. evaluate the fine-tuned policy with the same protocol;
   6. write `report.md` + `learning_curve.png` under the run directory.
 Optionally (`--with_sac`), LeRobot's SAC on the same env, demonstrations and env-step budget, on the same plot
@@ -35,6 +36,8 @@ from .settings import ADVANTAGES, BACKBONE_RECIPES, BACKBONES, VARIANTS, DemoSet
 from .stages import console_script, evaluate, quiet_datasets_env, run_recording_stage, run_stage
 
 SAC_BASELINE_MODULE = "lerobot_policy_pi_rl.baselines.sac"
+# The repo id of the demonstration dataset (a local folder: the id only names it), for SFT and the offline source.
+DEMO_REPO_ID = "local/pickcube"
 
 
 def record(settings: DemoSettings) -> Path:
@@ -66,7 +69,7 @@ def sft(settings: DemoSettings, demos: Path) -> Path:
             f"--policy.variant.type={settings.variant}",
             "--policy.device=cpu",
             "--policy.push_to_hub=false",
-            "--dataset.repo_id=local/pickcube",
+            f"--dataset.repo_id={DEMO_REPO_ID}",
             f"--dataset.root={demos}",
             f"--steps={settings.sft_steps}",
             f"--batch_size={settings.sft_batch_size}",
@@ -81,7 +84,21 @@ def sft(settings: DemoSettings, demos: Path) -> Path:
     return out / "checkpoints" / "last" / "pretrained_model"
 
 
-def pi_rl(settings: DemoSettings, sft_model: Path) -> Path:
+def offline_flags(settings: DemoSettings, demos: Path) -> list[str]:
+    """`lerobot-pi-rl-train` flags that mix the demonstrations `demos` into every PPO update at
+    `settings.offline_ratio`; none at ratio 0 (plain PPO)."""
+    if settings.offline_ratio == 0:
+        return []
+    return [
+        f"--algorithm.offline.repo_ids=[{DEMO_REPO_ID}]",
+        f"--algorithm.offline.roots=[{demos}]",
+        f"--algorithm.offline.ratio={settings.offline_ratio}",
+        f"--algorithm.offline.loss_weight={settings.offline_loss_weight}",
+    ]
+
+
+def pi_rl(settings: DemoSettings, sft_model: Path, demos: Path | None = None) -> Path:
+    """`demos`: the dataset SFT trained on (default `<run_dir>/demos`), mixed in when `settings.offline_ratio` > 0."""
     out = settings.run_dir / "pi_rl"
     run_stage(
         settings,
@@ -112,11 +129,14 @@ def pi_rl(settings: DemoSettings, sft_model: Path) -> Path:
             f"--algorithm.update_epochs={settings.update_epochs}",
             f"--algorithm.critic_warmup_updates={settings.critic_warmup_updates}",
             f"--algorithm.minibatch_size={settings.minibatch_size}",
+            *offline_flags(settings, demos or settings.run_dir / "demos"),
             f"--num_updates={settings.rl_updates}",
             f"--n_envs={settings.n_envs}",
             f"--num_actors={settings.num_actors}",
             "--checkpoint_every_updates=10",
             f"--seed={settings.seed}",
+            *([f"--policy.actor_learner_config.learner_port={settings.learner_port}"]
+              if settings.learner_port is not None else []),
             "--wandb.enable=false",
             f"--output_dir={out}",
         ],
@@ -171,6 +191,11 @@ def parse_args(argv: list[str] | None = None) -> DemoSettings:
         f"{k} {r.rl_updates}" for k, r in BACKBONE_RECIPES.items()))
     p.add_argument("--actor_lr", type=float, default=None, help="default per backbone and variant: " + "; ".join(
         f"{k} {r.actor_lr}" for k, r in BACKBONE_RECIPES.items()))
+    p.add_argument("--offline_ratio", type=float, default=defaults.offline_ratio,
+                   help="share of each PPO minibatch's rows drawn from the demonstrations (their flow-matching "
+                        "loss joins the PPO losses), in [0, 1); 0: plain PPO")
+    p.add_argument("--offline_loss_weight", type=float, default=defaults.offline_loss_weight,
+                   help="weight of that flow-matching loss (with --offline_ratio > 0)")
     args = p.parse_args(argv)
     for name in ("rl_updates", "sft_steps", "sft_batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -179,7 +204,10 @@ def parse_args(argv: list[str] | None = None) -> DemoSettings:
         console_level()  # every stage reads it: a bad value fails here, before the first one
     except ValueError as err:
         p.error(str(err))
-    settings = DemoSettings(**{k: v for k, v in vars(args).items() if k not in ("run_dir", "overwrite")})
+    try:
+        settings = DemoSettings(**{k: v for k, v in vars(args).items() if k not in ("run_dir", "overwrite")})
+    except ValueError as err:
+        p.error(f"--{err}")
     # A fresh directory per run by default, so a second `make demo` never overwrites the first one's report.
     settings.run_dir = args.run_dir or Path("outputs") / f"demo_{run_name(settings)}_{time.strftime('%Y%m%d-%H%M%S')}"
     if settings.run_dir.exists():
@@ -211,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     demos = record(settings)
     sft_model = sft(settings, demos)
     evals = {"sft": evaluate(settings, "sft", sft_model)}
-    rl_dir = pi_rl(settings, sft_model)
+    rl_dir = pi_rl(settings, sft_model, demos)
     evals["pi_rl"] = evaluate(settings, "pi_rl", rl_dir / "checkpoints" / "last" / "pretrained_model")
     curves = {"pi_rl": read_metrics(rl_dir / "metrics.jsonl")}
     # The PI-RL report first: a failing or interrupted SAC stage must not cost it.

@@ -12,6 +12,11 @@ from .stages import load_stages
 # Runs whose training curves (`<run_dir>/<name>/metrics.jsonl`) and evaluations (`eval_<name>.json`) a report shows.
 TRAINED = ("pi_rl", "sac")
 EVALUATED = ("sft", *TRAINED)
+# "Reached" for training-episode success: the learner's `rollout/success_rate` (its mean over the last 100 training
+# episodes) at least this high ...
+REACHED_SUCCESS = 0.9
+# ... at this many consecutive updates.
+REACHED_UPDATES = 10
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -24,6 +29,38 @@ def read_metrics(path: Path) -> list[dict]:
 def last_env_steps(rows: list[dict]) -> int:
     """Env steps a training run took, from its last metrics row (0 for no rows)."""
     return int(rows[-1]["rollout/interaction_steps"]) if rows else 0
+
+
+def env_steps_to_success(rows: list[dict], *, success: float = REACHED_SUCCESS,
+                         updates: int = REACHED_UPDATES) -> int | None:
+    """Env steps until the training-episode success first held: `rollout/interaction_steps` at the FIRST update of
+    the first run of `updates` consecutive metrics rows whose `rollout/success_rate` is >= `success`; None if no
+    such run (also with fewer than `updates` rows). A row without a success rate (no finished episode yet) breaks
+    a run."""
+    if updates < 1:
+        raise ValueError(f"updates={updates} must be >= 1")
+    start = None
+    streak = 0
+    for row in rows:
+        rate = row.get("rollout/success_rate")
+        if rate is None or rate < success:
+            streak = 0
+            continue
+        if streak == 0:
+            start = int(row["rollout/interaction_steps"])
+        streak += 1
+        if streak == updates:
+            return start
+    return None
+
+
+def describe_env_steps_to_success(rows: list[dict]) -> str:
+    """The report's line on `env_steps_to_success` (training episodes, not the evaluation)."""
+    steps = env_steps_to_success(rows)
+    found = f"not reached in {last_env_steps(rows)} env steps" if steps is None else str(steps)
+    return (f"Env steps to {100 * REACHED_SUCCESS:.0f} % training-episode success: {found} (the learner's "
+            f"`rollout/success_rate`, its mean over the last 100 training episodes, not the evaluation; the env "
+            f"steps at the first of {REACHED_UPDATES} consecutive updates at >= {100 * REACHED_SUCCESS:.0f} %).")
 
 
 def plot_learning_curves(curves: dict[str, list[dict]], evals: dict[str, dict], out: Path) -> None:
@@ -111,6 +148,9 @@ def write_report(settings: DemoSettings, evals: dict[str, dict], curves: dict[st
         "Success: the task's success flag is reached at any step of the episode (cube lifted 0.1 m).",
         f"Evaluation: deterministic ODE sampling, {settings.eval_episodes} episodes, env seeds "
         f"{settings.eval_seed}..{settings.eval_seed + settings.eval_episodes - 1}, 95 % Wilson intervals.",
+        *([f"Online/offline mixing: {100 * settings.offline_ratio:g} % of each PPO minibatch's rows are the SFT "
+           f"demonstrations (flow-matching loss, weight {settings.offline_loss_weight:g})."]
+          if settings.offline_ratio else []),
         "",
         "| policy | success (95 % CI) | mean return | mean length | training env steps |",
         "|---|---|---|---|---|",
@@ -126,6 +166,8 @@ def write_report(settings: DemoSettings, evals: dict[str, dict], curves: dict[st
     if "sac" in evals and steps.get("sac", "-") != "-" and int(steps["sac"]) < rl_steps:
         lines += ["", f"SAC ran {int(steps['sac'])} env steps, fewer than PI-RL's {rl_steps}: compare the curves at "
                       "equal env steps."]
+    if curves.get("pi_rl"):
+        lines += ["", describe_env_steps_to_success(curves["pi_rl"])]
     lines += ["", "![learning curve](learning_curve.png)", "", "## Wall time", ""]
     lines += [f"- {name}: {secs:.0f} s" for name, secs in settings.timings.items()]
     sac_s = sum(secs for name, secs in settings.timings.items() if "sac" in name.lower())
@@ -149,6 +191,9 @@ def write_report(settings: DemoSettings, evals: dict[str, dict], curves: dict[st
                 "evals": {k: {kk: v[kk] for kk in ("success_rate", "success_ci95", "mean_return", "mean_length",
                                                    "num_episodes")} for k, v in evals.items()},
                 "pi_rl_env_steps": rl_steps,
+                "pi_rl_env_steps_to_success": env_steps_to_success(curves.get("pi_rl", [])),
+                "offline_ratio": settings.offline_ratio,
+                "offline_loss_weight": settings.offline_loss_weight,
                 "timings_s": settings.timings,
                 "total_s": total_s,
                 "commands": settings.commands,

@@ -136,6 +136,12 @@ class DemoSettings:
     noise_level: float = 0.5
     noise_level_final: float = 0.5
     noise_anneal_updates: int = 0
+    # Online/offline mixing: the share of each PPO minibatch's rows drawn from the demonstrations SFT trained on
+    # (their flow-matching loss, weighted by `offline_loss_weight`, joins the PPO losses). 0: plain PPO.
+    offline_ratio: float = 0.0
+    offline_loss_weight: float = 1.0
+    # The learner's loopback port; None: LeRobot's default. Runs side by side on one machine need their own.
+    learner_port: int | None = None
     # SAC baseline (off by default: at PI-RL's env-step budget it runs several times longer than the whole demo).
     with_sac: bool = False
     commands: list[str] = field(default_factory=list)
@@ -152,6 +158,10 @@ class DemoSettings:
         self.sft_batch_size = self.sft_batch_size or recipe.sft_batch_size
         self.rl_updates = self.rl_updates or recipe.rl_updates[self.variant]
         self.actor_lr = self.actor_lr or recipe.actor_lr[self.variant]
+        if not 0 <= self.offline_ratio < 1:
+            raise ValueError(f"offline_ratio={self.offline_ratio} must be in [0, 1) (0: no mixing)")
+        if self.offline_loss_weight < 0:
+            raise ValueError(f"offline_loss_weight={self.offline_loss_weight} must be >= 0")
 
     @property
     def recipe(self) -> BackboneRecipe:

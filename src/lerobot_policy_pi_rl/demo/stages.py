@@ -54,7 +54,8 @@ def save_stages(settings: DemoSettings) -> None:
     report can be rebuilt (`--report_only`) when a later stage fails or is interrupted."""
     record = {
         "backbone": settings.backbone, "variant": settings.variant, "advantage": settings.advantage,
-        "seed": settings.seed,
+        "seed": settings.seed, "offline_ratio": settings.offline_ratio,
+        "offline_loss_weight": settings.offline_loss_weight,
         "eval_episodes": settings.eval_episodes,
         "eval_seed": settings.eval_seed, "eval_workers": settings.eval_workers, "commands": settings.commands,
         "timings_s": settings.timings,
@@ -71,6 +72,8 @@ def load_stages(run_dir: Path) -> DemoSettings:
     return DemoSettings(
         backbone=record.get("backbone", DemoSettings.backbone), variant=record["variant"], advantage=record.get("advantage", DemoSettings.advantage), run_dir=Path(run_dir),
         seed=record["seed"], eval_episodes=record["eval_episodes"],
+        offline_ratio=record.get("offline_ratio", DemoSettings.offline_ratio),
+        offline_loss_weight=record.get("offline_loss_weight", DemoSettings.offline_loss_weight),
         eval_seed=record["eval_seed"], eval_workers=record.get("eval_workers", DemoSettings.eval_workers),
         commands=list(record["commands"]), timings=dict(record["timings_s"]),
     )
