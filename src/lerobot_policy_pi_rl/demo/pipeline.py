@@ -38,6 +38,7 @@ from .stages import console_script, evaluate, quiet_datasets_env, run_recording_
 SAC_BASELINE_MODULE = "lerobot_policy_pi_rl.baselines.sac"
 # The repo id of the demonstration dataset (a local folder: the id only names it), for SFT and the offline source.
 DEMO_REPO_ID = "local/pickcube"
+PI_RL_STAGE = "PI-RL (lerobot-pi-rl-train: learner + actors over gRPC)"
 
 
 def record(settings: DemoSettings) -> Path:
@@ -84,16 +85,16 @@ def sft(settings: DemoSettings, demos: Path) -> Path:
     return out / "checkpoints" / "last" / "pretrained_model"
 
 
-def offline_flags(settings: DemoSettings, demos: Path) -> list[str]:
-    """`lerobot-pi-rl-train` flags that mix the demonstrations `demos` into every PPO update at
-    `settings.offline_ratio`; none at ratio 0 (plain PPO)."""
-    if settings.offline_ratio == 0:
+def offline_flags(ratio: float, loss_weight: float, *, repo_id: str, root: Path) -> list[str]:
+    """`lerobot-pi-rl-train` flags that mix the dataset `repo_id` at `root` (the demonstrations SFT trained on) into
+    every PPO update at `ratio` with `loss_weight`; none at ratio 0 (plain PPO)."""
+    if ratio == 0:
         return []
     return [
-        f"--algorithm.offline.repo_ids=[{DEMO_REPO_ID}]",
-        f"--algorithm.offline.roots=[{demos}]",
-        f"--algorithm.offline.ratio={settings.offline_ratio}",
-        f"--algorithm.offline.loss_weight={settings.offline_loss_weight}",
+        f"--algorithm.offline.repo_ids=[{repo_id}]",
+        f"--algorithm.offline.roots=[{root}]",
+        f"--algorithm.offline.ratio={ratio}",
+        f"--algorithm.offline.loss_weight={loss_weight}",
     ]
 
 
@@ -102,7 +103,7 @@ def pi_rl(settings: DemoSettings, sft_model: Path, demos: Path | None = None) ->
     out = settings.run_dir / "pi_rl"
     run_stage(
         settings,
-        "PI-RL (lerobot-pi-rl-train: learner + actors over gRPC)",
+        PI_RL_STAGE,
         [
             console_script("lerobot-pi-rl-train"),
             f"--policy.path={sft_model}",
@@ -129,7 +130,8 @@ def pi_rl(settings: DemoSettings, sft_model: Path, demos: Path | None = None) ->
             f"--algorithm.update_epochs={settings.update_epochs}",
             f"--algorithm.critic_warmup_updates={settings.critic_warmup_updates}",
             f"--algorithm.minibatch_size={settings.minibatch_size}",
-            *offline_flags(settings, demos or settings.run_dir / "demos"),
+            *offline_flags(settings.offline_ratio, settings.offline_loss_weight, repo_id=DEMO_REPO_ID,
+                           root=demos or settings.run_dir / "demos"),
             f"--num_updates={settings.rl_updates}",
             f"--n_envs={settings.n_envs}",
             f"--num_actors={settings.num_actors}",
