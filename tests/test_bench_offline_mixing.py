@@ -187,6 +187,7 @@ def _script(out: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900, check=False)
 
 
+@pytest.mark.slow
 def test_the_whole_comparison_with_tiny_budgets_then_a_resume_that_redoes_nothing(tmp_path):
     """Real stages: the demo's recording, SFT and evaluation once, then PI-RL at ratios 0 and 0.5 from that SFT
     checkpoint, each evaluated; a second invocation finds every cell finished."""
