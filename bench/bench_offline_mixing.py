@@ -344,8 +344,10 @@ def open_out(out: Path, settings: dict) -> None:
 
 
 def prepare_seed(env, seed_dir: Path, seed: int, ratios: list[float], pi_rl_stage: str) -> None:
-    """Demonstrations, SFT and its evaluation for `seed`, unless already there."""
-    if seed_result(seed_dir) is not None and (seed_dir / "sft" / MODEL / "config.json").is_file():
+    """Demonstrations, SFT and its evaluation for `seed`, unless already there (the cells need all three: the
+    demonstrations are their offline rows)."""
+    if (seed_result(seed_dir) is not None and (seed_dir / "sft" / MODEL / "config.json").is_file()
+            and (seed_dir / "demos" / "meta" / "info.json").is_file()):
         return
     trained = [r for r in ratios if cell_result(ratio_dir(seed_dir, r), pi_rl_stage)["finished"]]
     if trained:

@@ -72,6 +72,8 @@ class FakeEnv:
 
     def prepare(self, seed_dir: Path, seed: int) -> None:
         self.prepared.append(seed)
+        (seed_dir / "demos" / "meta").mkdir(parents=True)
+        (seed_dir / "demos" / "meta" / "info.json").write_text("{}")
         (seed_dir / "sft" / "checkpoints" / "last" / "pretrained_model").mkdir(parents=True)
         (seed_dir / "sft" / "checkpoints" / "last" / "pretrained_model" / "config.json").write_text("{}")
         (seed_dir / "eval_sft.json").write_text(json.dumps(

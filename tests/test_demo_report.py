@@ -364,3 +364,14 @@ def test_report_states_the_offline_ratio_and_env_steps_to_90_percent(tmp_path):
 
     plain = report.write_report(DemoSettings(run_dir=tmp_path), {"pi_rl": _eval(0.92)}, {"pi_rl": curve}, 1.0)
     assert "Online/offline mixing" not in plain.read_text()
+
+
+def test_the_rl_stage_takes_a_learner_port_when_one_is_set(tmp_path, monkeypatch):
+    """Runs side by side on one machine (the mixing comparison's cells) each give the learner their own port; the
+    demo itself keeps LeRobot's default (no flag)."""
+    commands = []
+    monkeypatch.setattr(pipeline, "run_stage", lambda settings, name, argv, env=None: commands.append(argv))
+    pipeline.pi_rl(DemoSettings(run_dir=tmp_path, learner_port=50123), tmp_path / "sft")
+    pipeline.pi_rl(DemoSettings(run_dir=tmp_path), tmp_path / "sft")
+    ported, plain = commands
+    assert [a for a in ported if a not in plain] == ["--policy.actor_learner_config.learner_port=50123"]
