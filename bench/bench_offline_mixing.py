@@ -43,6 +43,7 @@ from lerobot_policy_pi_rl.demo.report import (
 )
 from lerobot_policy_pi_rl.demo.settings import DemoSettings
 from lerobot_policy_pi_rl.demo.stages import STAGES_FILE, StageLog, evaluate, quiet_datasets_env, run_logged_stage
+from lerobot_policy_pi_rl.runtime.metrics import EPISODE_WINDOW
 
 SETTINGS_FILE = "bench_offline_mixing.json"
 MODEL = Path("checkpoints") / "last" / "pretrained_model"
@@ -263,8 +264,8 @@ def render_markdown(summary: dict) -> str:
         "seed's own demonstrations (the SFT dataset), with their flow-matching loss; ratio 0 is plain PPO. Every "
         "ratio starts from the same SFT checkpoint per seed.",
         f"Env steps to {pct}: training-episode success (the learner's `rollout/success_rate`, its mean over the "
-        f"last 100 training episodes; not the evaluation) >= {pct} at {REACHED_UPDATES} consecutive PPO updates; "
-        "the env steps at the first of them. `-`: not reached (the run's env steps follow).",
+        f"last {EPISODE_WINDOW} training episodes; not the evaluation) >= {pct} at {REACHED_UPDATES} consecutive PPO "
+        "updates with a full window; the env steps at the first of them. `-`: not reached.",
         f"Final success: evaluation of the PI-RL policy, deterministic ODE sampling, {settings['eval_episodes']} "
         f"episodes from env seed {settings['eval_seed']}, 95 % Wilson interval.",
         "",

@@ -297,6 +297,16 @@ def test_env_steps_to_success_is_where_the_first_run_of_ten_updates_at_90_percen
     assert report.env_steps_to_success(_rows(rates)) == expected
 
 
+def test_env_steps_to_success_counts_only_updates_with_a_full_window():
+    """The first updates' windows hold the short, successful episodes that finished first: they read high."""
+    rows = _rows([1.0] * 15)
+    for row, episodes in zip(rows, [12, 30, 60, 99, 100, 100], strict=False):
+        row["rollout/window_episodes"] = episodes
+    assert report.env_steps_to_success(rows) == 500  # update 5, the first with 100 episodes
+    rows[7]["rollout/window_episodes"] = 99  # a row below a full window breaks the run
+    assert report.env_steps_to_success(rows) is None
+
+
 def test_env_steps_to_success_takes_its_threshold_and_run_length():
     rows = _rows([0.6, 0.7, 0.7, 0.5, 0.8])
     assert report.env_steps_to_success(rows, success=0.7, updates=2) == 200

@@ -12,8 +12,8 @@ from .stages import load_stages
 # Runs whose training curves (`<run_dir>/<name>/metrics.jsonl`) and evaluations (`eval_<name>.json`) a report shows.
 TRAINED = ("pi_rl", "sac")
 EVALUATED = ("sft", *TRAINED)
-# "Reached" for training-episode success: the learner's `rollout/success_rate` (its mean over the last 100 training
-# episodes) at least this high ...
+# "Reached" for training-episode success: the learner's `rollout/success_rate` (its mean over the last
+# `EPISODE_WINDOW` training episodes) at least this high ...
 REACHED_SUCCESS = 0.9
 # ... at this many consecutive updates.
 REACHED_UPDATES = 10
@@ -35,15 +35,20 @@ def env_steps_to_success(rows: list[dict], *, success: float = REACHED_SUCCESS,
                          updates: int = REACHED_UPDATES) -> int | None:
     """Env steps until the training-episode success first held: `rollout/interaction_steps` at the FIRST update of
     the first run of `updates` consecutive metrics rows whose `rollout/success_rate` is >= `success`; None if no
-    such run (also with fewer than `updates` rows). A row without a success rate (no finished episode yet) breaks
-    a run."""
+    such run (also with fewer than `updates` rows). A row breaks a run when it has no success rate (no finished
+    episode yet) or its window is not full yet (`rollout/window_episodes` below `EPISODE_WINDOW`: the first
+    episodes to finish are the short, successful ones, so early windows read high); rows written before the
+    learner logged the window's size count as full."""
+    from ..runtime.metrics import EPISODE_WINDOW
+
     if updates < 1:
         raise ValueError(f"updates={updates} must be >= 1")
     start = None
     streak = 0
     for row in rows:
         rate = row.get("rollout/success_rate")
-        if rate is None or rate < success:
+        full = row.get("rollout/window_episodes", EPISODE_WINDOW) >= EPISODE_WINDOW
+        if rate is None or rate < success or not full:
             streak = 0
             continue
         if streak == 0:
@@ -58,9 +63,12 @@ def describe_env_steps_to_success(rows: list[dict]) -> str:
     """The report's line on `env_steps_to_success` (training episodes, not the evaluation)."""
     steps = env_steps_to_success(rows)
     found = f"not reached in {last_env_steps(rows)} env steps" if steps is None else str(steps)
+    from ..runtime.metrics import EPISODE_WINDOW
+
     return (f"Env steps to {100 * REACHED_SUCCESS:.0f} % training-episode success: {found} (the learner's "
-            f"`rollout/success_rate`, its mean over the last 100 training episodes, not the evaluation; the env "
-            f"steps at the first of {REACHED_UPDATES} consecutive updates at >= {100 * REACHED_SUCCESS:.0f} %).")
+            f"`rollout/success_rate`, its mean over the last {EPISODE_WINDOW} training episodes, not the evaluation; "
+            f"the env steps at the first of {REACHED_UPDATES} consecutive updates at >= {100 * REACHED_SUCCESS:.0f} "
+            "% with a full window).")
 
 
 def plot_learning_curves(curves: dict[str, list[dict]], evals: dict[str, dict], out: Path) -> None:
