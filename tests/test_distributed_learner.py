@@ -199,7 +199,8 @@ def test_two_rank_learner_loses_a_rank_and_resumes_on_one(tmp_path):
     from lerobot_policy_pi_rl.runtime.learner import build_learner
 
     port, out = free_port(), tmp_path / "run"
-    args = tiny_args(port, out, num_updates=4, checkpoint_every_updates=2, reconnect_timeout_s=90, torch_threads=1)
+    # The actor waits out the gap between the two learners (the resume check below runs in between).
+    args = tiny_args(port, out, num_updates=4, checkpoint_every_updates=2, reconnect_timeout_s=600, torch_threads=1)
     env = {**ENV, "OMP_NUM_THREADS": "1"}
     launcher = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
@@ -248,3 +249,27 @@ def test_two_rank_learner_loses_a_rank_and_resumes_on_one(tmp_path):
     final = json.loads((out / "checkpoints" / "000004" / "training_state" / "training_step.json").read_text())
     assert final["step"] == 4 and final["policy_version"] == 4
     assert "(training done)" in (tmp_path / "actor.log").read_text()
+
+
+def test_two_ranks_started_by_accelerate_train_to_the_end_and_every_rank_exits(tmp_path):
+    """The clean end: rank 0 finishes, tells rank 1 to stop, both exit 0; only rank 0 logs metrics and checkpoints."""
+    port, out = free_port(), tmp_path / "run"
+    args = tiny_args(port, out, num_updates=2, checkpoint_every_updates=0, n_envs=1, torch_threads=1)
+    env = {**ENV, "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--main_process_port", str(free_port()), "-m", "lerobot_policy_pi_rl.runtime.learner", *args], env=env,
+        stdout=open(tmp_path / "learner.log", "w"), stderr=subprocess.STDOUT)
+    actor = subprocess.Popen([sys.executable, "-m", "lerobot_policy_pi_rl.runtime.actor", *args], env=env,
+                             stdout=open(tmp_path / "actor.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        assert launcher.wait(timeout=300) == 0, (tmp_path / "learner.log").read_text()[-3000:]
+        assert actor.wait(timeout=60) == 0, (tmp_path / "actor.log").read_text()[-3000:]
+    finally:
+        for p in (launcher, actor):
+            if p.poll() is None:
+                p.kill()
+    log = (tmp_path / "learner.log").read_text()
+    assert "rank 0 of 2 data-parallel learner ranks" in log and "rank 1 stops after 2 updates" in log, log[-3000:]
+    assert [json.loads(line)["update"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["000002", "last"]

@@ -114,6 +114,16 @@ def stop_followers(ranks: DataParallel, exit_code: int) -> None:
         logger.warning("[LEARNER] could not tell the other learner ranks to stop: %s: %s", type(err).__name__, err)
 
 
+def leave(ranks: DataParallel) -> None:
+    """Destroy the process group, on every rank and however the rank ends: a process that still holds a gloo group
+    whose peer died does not exit (its launcher then waits its grace period out and kills it)."""
+    if ranks.distributed:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def run_follower(cfg, ranks: DataParallel) -> int:
     """A learner rank other than 0: build the same policy and algorithm, take rank 0's state, then apply every
     update rank 0 shares until it says `Stop`."""

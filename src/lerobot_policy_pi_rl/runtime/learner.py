@@ -400,6 +400,13 @@ def build_transport(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event) -> Tra
 
 def run_learner(cfg: PiRLTrainRLServerPipelineConfig) -> int:
     ranks = distributed.init_data_parallel(cfg)
+    try:
+        return _run_rank(cfg, ranks)
+    finally:
+        distributed.leave(ranks)
+
+
+def _run_rank(cfg: PiRLTrainRLServerPipelineConfig, ranks: DataParallel) -> int:
     setup_logging(cfg, "learner" if ranks.is_main else f"learner_rank{ranks.rank}")
     threads = distributed.share_cores(cfg, ranks)
     logger.info("[LEARNER] torch threads: %d", threads or apply_torch_threads(cfg))
