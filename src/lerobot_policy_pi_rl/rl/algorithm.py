@@ -11,6 +11,9 @@ With `config.offline.ratio > 0` and an `offline` source attached, each minibatch
 (`mixing.offline_rows`) and adds the backbone's SFT loss on them, weighted, to the same step (`mixing.py`).
 It returns an `UpdateResult`: what the update did (steps taken and skipped, whether the version moved), typed, for
 the runtime's control flow, beside the `TrainingStats` for logging.
+`update_rollout` is `prepare_update` (everything up to the epochs, computed once over the whole rollout) then
+`apply_update` (the epochs). A data-parallel learner prepares on rank 0 and every rank applies its share of each
+global minibatch (`data_parallel.py`); in a single process the shares are whole minibatches.
 Formulas: docs/concepts.md. Log-probs, ratios and advantages are float32 throughout.
 """
 
@@ -31,6 +34,7 @@ from lerobot.rl.algorithms.base import RLAlgorithm
 from lerobot.rl.algorithms.configs import TrainingStats
 
 from .config import GRPOConfig, PiRLAlgorithmConfig
+from .data_parallel import SINGLE_PROCESS, DataParallel, share_weight
 from .gae import stream_gae
 from .grpo import grpo_advantages, normalize_advantages
 from .mixing import OfflineBatches, offline_rows
@@ -67,6 +71,56 @@ class UpdateResult:
         return self.steps_taken > 0
 
 
+@dataclass
+class _MinibatchPart:
+    """One rank's part of a minibatch loss (`PiRLAlgorithm._minibatch_loss`)."""
+
+    #: The share-weighted loss to backpropagate; None for a rank with no rows of this minibatch.
+    loss: Tensor | None
+    #: Share-weighted, detached: policy, value, entropy losses, approx KL, clip fraction, ratio mean, std mean.
+    sums: list[Tensor]
+    #: Tensors that must be finite for the step to be taken (besides the loss).
+    checked: tuple[Tensor, ...]
+    ratio_max: float = 0.0
+    #: The ratio guard's worst |log ratio| per term on this rank (0 when not checked), and whether it is off.
+    ratio_worst: float = 0.0
+    ratio_unchecked: bool = False
+
+
+@dataclass
+class PreparedUpdate:
+    """One update's fresh rows with what is computed once over all of them: the input of the PPO epochs, shared as
+    is with every rank of a data-parallel learner (`DataParallel.share`)."""
+
+    rollout: Rollout
+    #: Normalized (when configured) advantages `[N]` float32.
+    advantages: Tensor
+    #: Value targets `[N]` float32.
+    returns: Tensor
+    #: Log-prob the PPO ratio divides by (the proximal policy's for stale rows), shaped like `rollout.log_prob`.
+    old_log_prob: Tensor
+    #: Decoupled-PPO weight pi_prox / pi_behaviour per row `[N]` (1 for rows of the current version).
+    behaviour_weight: Tensor
+    #: Rows in the policy loss `[N]` bool (usable, finite, not an intervention when those are masked).
+    ratio_mask: Tensor
+    #: Rows with a usable advantage and finite numbers `[N]` bool (the value loss's rows).
+    keep: Tensor
+    #: Rows whose recorded numbers and targets are finite `[N]` bool.
+    finite: Tensor
+    #: Critic warm-up: only the critic steps.
+    warmup: bool
+    #: Rows dropped by the staleness rule before anything else.
+    dropped_stale: int
+
+    def __len__(self) -> int:
+        return len(self.rollout)
+
+    def to(self, device: torch.device | str) -> PreparedUpdate:
+        tensors = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+                   if isinstance(getattr(self, f.name), (Tensor, Rollout))}
+        return dataclasses.replace(self, **tensors)
+
+
 class PiRLAlgorithm(RLAlgorithm):
     config_class = PiRLAlgorithmConfig
     name = "pi_rl"
@@ -84,6 +138,8 @@ class PiRLAlgorithm(RLAlgorithm):
         self._optimization_step = 0
         # Offline rows for the mixed flow-matching term (`config.offline`); the runtime attaches its source.
         self.offline: OfflineBatches | None = None
+        # The ranks an update is shared out over; a data-parallel learner attaches its own (`data_parallel.py`).
+        self.data_parallel: DataParallel = SINGLE_PROCESS
 
     # ----------------------------------------------------------------------------------------------------------
     # Counters and optimizers
@@ -178,7 +234,13 @@ class PiRLAlgorithm(RLAlgorithm):
         return policy_version >= self._policy_version - self.config.staleness
 
     def update_rollout(self, rollout: Rollout) -> UpdateResult:
-        """One PPO (or GRPO) update on a whole on-policy rollout of chunk steps."""
+        """One PPO (or GRPO) update on a whole on-policy rollout of chunk steps: prepared once (on rank 0 of a
+        data-parallel learner, then shared with the other ranks), applied by every rank."""
+        return self.apply_update(self.data_parallel.share(self.prepare_update(rollout)))
+
+    def prepare_update(self, rollout: Rollout) -> PreparedUpdate:
+        """Everything computed once over the whole rollout: staleness, advantages and returns, the non-finite mask,
+        proximal log-probs and behaviour weights, advantage normalization."""
         if not self.optimizers:
             self.make_optimizers_and_scheduler()
         device = next(self.policy.parameters()).device
@@ -186,10 +248,12 @@ class PiRLAlgorithm(RLAlgorithm):
         self.policy.train()
 
         rollout, dropped_stale = self._drop_stale(rollout)
-        if len(rollout) == 0:
-            stats = TrainingStats(extra={"samples/used": 0.0, "samples/dropped_stale": float(dropped_stale)})
-            return UpdateResult(stats, steps_taken=0, steps_skipped=0, version_moved=False)
         warmup = self._in_critic_warmup()
+        if len(rollout) == 0:
+            none = torch.zeros(0, dtype=torch.float32, device=device)
+            no_rows = torch.zeros(0, dtype=torch.bool, device=device)
+            return PreparedUpdate(rollout, none, none, rollout.log_prob.float(), none, no_rows, no_rows, no_rows,
+                                  warmup, dropped_stale)
         advantages, returns, keep = self._advantages(rollout)
         finite = self._finite_rows(rollout, advantages, returns)
         if not bool(finite.all()):
@@ -201,14 +265,26 @@ class PiRLAlgorithm(RLAlgorithm):
         old_log_prob, behaviour_weight = self._proximal_log_prob(rollout)
         if self.config.normalize_advantages and bool(keep.any()):
             advantages = normalize_advantages(advantages, mask=keep)
-        result = self._ppo_epochs(
-            rollout, advantages, returns, old_log_prob, behaviour_weight, ratio_mask, keep, finite, warmup
-        )
+        return PreparedUpdate(rollout, advantages, returns, old_log_prob, behaviour_weight, ratio_mask, keep, finite,
+                              warmup, dropped_stale)
+
+    def apply_update(self, prepared: PreparedUpdate) -> UpdateResult:
+        """The PPO epochs on a prepared update, then the counters and the exploration schedule."""
+        if not self.optimizers:
+            self.make_optimizers_and_scheduler()
+        prepared = prepared.to(next(self.policy.parameters()).device)
+        self.policy.train()
+        if len(prepared) == 0:
+            stats = TrainingStats(extra={"samples/used": 0.0, "samples/dropped_stale": float(prepared.dropped_stale)})
+            return UpdateResult(stats, steps_taken=0, steps_skipped=0, version_moved=False)
+        rollout, advantages, returns = prepared.rollout, prepared.advantages, prepared.returns
+        finite, keep = prepared.finite, prepared.keep
+        result = self._ppo_epochs(prepared)
         stats = result.stats
         stats.extra.update(
             {
-                "samples/used": float(ratio_mask.sum()),
-                "samples/dropped_stale": float(dropped_stale),
+                "samples/used": float(prepared.ratio_mask.sum()),
+                "samples/dropped_stale": float(prepared.dropped_stale),
                 "samples/interventions": float(rollout.intervention.sum()),
                 "numerics/rows_nonfinite": float((~finite).sum()),
                 "ppo/explained_variance": float(explained_variance(rollout.value[finite].float(), returns[finite])),
@@ -367,23 +443,18 @@ class PiRLAlgorithm(RLAlgorithm):
         obs = {k: v[rows] for k, v in rollout.observations.items()}
         return self.policy.evaluate_chain(obs, rollout.chain_record(rows))
 
-    def _ppo_epochs(
-        self,
-        rollout: Rollout,
-        advantages: Tensor,
-        returns: Tensor,
-        old_log_prob: Tensor,
-        behaviour_weight: Tensor,
-        ratio_mask: Tensor,
-        keep: Tensor,
-        finite: Tensor,
-        warmup: bool,
-    ) -> UpdateResult:
+    def _ppo_epochs(self, prepared: PreparedUpdate) -> UpdateResult:
+        """`update_epochs` passes of shuffled minibatches. With several ranks each rank scores its share of every
+        global minibatch, scaled by its share of each term's rows (`data_parallel.py`); the numbers every rank
+        decides on (finite?, ratio guard, early stop) and the logged ones are reduced over ranks first."""
         cfg = self.config
+        ranks = self.data_parallel
+        rollout, warmup = prepared.rollout, prepared.warmup
         n = len(rollout)
         use_entropy = self.policy.exploration.learns_std and cfg.entropy_coef > 0
         use_critic = cfg.advantage.uses_critic and cfg.value_coef > 0
         stepped = {"critic"} if warmup else set(self.optimizers)
+        params = [p for opt in self.optimizers.values() for group in opt.param_groups for p in group["params"]]
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
 
@@ -398,47 +469,35 @@ class PiRLAlgorithm(RLAlgorithm):
         stopped_early = 0.0
         for _epoch in range(cfg.update_epochs):
             epoch_kl: list[float] = []
-            for rows in torch.randperm(n, device=advantages.device).split(cfg.minibatch_size):
-                ev = self._evaluate(rollout, rows)
-                if first:
-                    self._check_ratio(ev, old_log_prob[rows], rollout.policy_version[rows], finite[rows])
-                    first = False
-                mask = ratio_mask[rows]
-                pg_loss, pg = ppo_policy_loss(
-                    log_prob=ev.log_prob,
-                    old_log_prob=old_log_prob[rows],
-                    advantages=advantages[rows] * behaviour_weight[rows],
-                    clip_low=cfg.clip_low,
-                    clip_high=cfg.clip_high,
-                    dual_clip=cfg.dual_clip,
-                    mask=mask,
-                )
-                loss = pg_loss if bool(mask.any()) and not warmup else ev.log_prob.sum() * 0.0
-                v_loss = torch.zeros((), device=loss.device)
-                if use_critic:
-                    v_loss = value_loss(
-                        values=ev.value,
-                        old_values=rollout.value[rows].float(),
-                        returns=returns[rows],
-                        clip=cfg.value_clip,
-                        huber_delta=cfg.huber_delta,
-                        mask=keep[rows],
-                    )
-                    loss = loss + cfg.value_coef * v_loss
-                entropy = ev.entropy.mean()
-                if use_entropy and not warmup:
-                    loss = loss - cfg.entropy_coef * entropy
+            for rows in ranks.permutation(n, device=prepared.advantages.device).split(cfg.minibatch_size):
+                part = self._minibatch_loss(prepared, rows, ranks.shard(rows), use_critic=use_critic,
+                                            use_entropy=use_entropy, check_ratio=first)
+                first = False
+                # The offline SFT term of the whole minibatch, on the rank that holds the offline source (rank 0).
                 fm_loss, fm_rows = self._offline_loss(len(rows)) if mixing else (None, 0)
+                loss = part.loss
                 if fm_loss is not None:
-                    loss = loss + cfg.offline.loss_weight * fm_loss
-
-                if not _finite(loss, ev.log_prob, ev.value):
+                    fm_term = cfg.offline.loss_weight * fm_loss
+                    loss = fm_term if loss is None else loss + fm_term
+                # One reduction of what every rank decides on and logs: sums of the share-weighted terms, maxima.
+                local_finite = loss is None or _finite(loss, *part.checked)
+                summed = ranks.sum(torch.stack([
+                    *part.sums, torch.zeros(()) if fm_loss is None else fm_loss.detach().float().cpu(),
+                    torch.zeros(()) if loss is None else loss.detach().float().cpu()]).to(prepared.advantages.device))
+                maxed = ranks.max(torch.tensor(
+                    [float(not local_finite), part.ratio_max, part.ratio_worst, float(part.ratio_unchecked)],
+                    device=prepared.advantages.device))
+                if not bool(maxed[3]) and float(maxed[2]) > cfg.ratio_check_tolerance:
+                    self._ratio_mismatch(float(maxed[2]))
+                if bool(maxed[0]):
                     steps_skipped += 1
                     self._zero_grad()
                     logger.error("non-finite log-prob/value/loss in a PPO minibatch: optimizer step skipped")
                     continue
                 self._zero_grad()
-                loss.backward()
+                if loss is not None:
+                    loss.backward()
+                ranks.sum_gradients(params)
                 grad_norms = self._clip_gradients()
                 if not all(math.isfinite(g) for g in grad_norms.values()):
                     steps_skipped += 1
@@ -453,20 +512,21 @@ class PiRLAlgorithm(RLAlgorithm):
                 online_used += len(rows)
                 offline_used += fm_rows
 
-                log("loss/policy", float(pg_loss.detach()))
-                log("loss/value", float(v_loss.detach()))
-                log("loss/entropy", float(entropy.detach()))
-                log("loss/total", float(loss.detach()))
-                log("ppo/approx_kl", float(pg.approx_kl))
-                log("ppo/clip_fraction", float(pg.clip_fraction))
-                log("ppo/ratio_mean", float(pg.ratio_mean))
-                log("flow/std_mean", float(ev.std_mean.mean()))
+                pg_loss, v_loss, entropy, approx_kl, clip_fraction, ratio_mean, std_mean, fm, total = summed.tolist()
+                log("loss/policy", pg_loss)
+                log("loss/value", v_loss)
+                log("loss/entropy", entropy)
+                log("loss/total", total)
+                log("ppo/approx_kl", approx_kl)
+                log("ppo/clip_fraction", clip_fraction)
+                log("ppo/ratio_mean", ratio_mean)
+                log("flow/std_mean", std_mean)
                 if fm_loss is not None:
-                    log("loss/offline_fm", float(fm_loss.detach()))
+                    log("loss/offline_fm", fm)
                 for role, g in grad_norms.items():
                     log(f"grad/{role}", g)
-                max_ratio = max(max_ratio, float(pg.ratio_max))
-                epoch_kl.append(float(pg.approx_kl))
+                max_ratio = max(max_ratio, float(maxed[1]))
+                epoch_kl.append(approx_kl)
             if cfg.target_kl is not None and epoch_kl and sum(epoch_kl) / len(epoch_kl) > cfg.target_kl:
                 stopped_early = 1.0
                 break
@@ -491,6 +551,52 @@ class PiRLAlgorithm(RLAlgorithm):
             stats, steps_taken=steps_taken, steps_skipped=steps_skipped, version_moved=steps_taken > 0 and not warmup
         )
 
+    def _minibatch_loss(self, prepared: PreparedUpdate, rows: Tensor, local: Tensor, *, use_critic: bool,
+                        use_entropy: bool, check_ratio: bool) -> _MinibatchPart:
+        """This rank's part of the loss of global minibatch `rows`: its `local` rows' terms, each scaled by the
+        share of that term's rows these are (all 1 in a single process). No rows: no loss, zero terms."""
+        cfg = self.config
+        rollout, warmup = prepared.rollout, prepared.warmup
+        if len(local) == 0:
+            return _MinibatchPart(loss=None, sums=[torch.zeros(())] * 7, checked=())
+        w_policy = share_weight(int(prepared.ratio_mask[local].sum()), int(prepared.ratio_mask[rows].sum()))
+        w_value = share_weight(int(prepared.keep[local].sum()), int(prepared.keep[rows].sum()))
+        w_rows = share_weight(len(local), len(rows))
+        ev = self._evaluate(rollout, local)
+        worst, unchecked = (self._ratio_error(ev, prepared.old_log_prob[local], rollout.policy_version[local],
+                                              prepared.finite[local]) if check_ratio else (0.0, False))
+        pg_loss, pg = ppo_policy_loss(
+            log_prob=ev.log_prob,
+            old_log_prob=prepared.old_log_prob[local],
+            advantages=prepared.advantages[local] * prepared.behaviour_weight[local],
+            clip_low=cfg.clip_low,
+            clip_high=cfg.clip_high,
+            dual_clip=cfg.dual_clip,
+            mask=prepared.ratio_mask[local],
+        )
+        pg_loss = pg_loss * w_policy
+        any_kept = bool(prepared.ratio_mask[rows].any())
+        loss = pg_loss if any_kept and not warmup else ev.log_prob.sum() * 0.0
+        v_loss = torch.zeros((), device=loss.device)
+        if use_critic:
+            v_loss = w_value * value_loss(
+                values=ev.value,
+                old_values=rollout.value[local].float(),
+                returns=prepared.returns[local],
+                clip=cfg.value_clip,
+                huber_delta=cfg.huber_delta,
+                mask=prepared.keep[local],
+            )
+            loss = loss + cfg.value_coef * v_loss
+        entropy = ev.entropy.mean() * w_rows
+        if use_entropy and not warmup:
+            loss = loss - cfg.entropy_coef * entropy
+        sums = [pg_loss, v_loss, entropy, pg.approx_kl * w_policy, pg.clip_fraction * w_policy,
+                pg.ratio_mean * w_policy, ev.std_mean.mean() * w_rows]
+        return _MinibatchPart(loss=loss, sums=[t.detach().float().cpu() for t in sums],
+                              checked=(ev.log_prob, ev.value), ratio_max=float(pg.ratio_max), ratio_worst=worst,
+                              ratio_unchecked=unchecked)
+
     def _offline_loss(self, online: int) -> tuple[Tensor | None, int]:
         """The SFT flow-matching loss (the policy's own `forward`, as `lerobot-train` optimizes it) on the offline
         rows that go with `online` online rows: the row-weighted mean over the parts, and the rows drawn. `(None,
@@ -503,25 +609,28 @@ class PiRLAlgorithm(RLAlgorithm):
         loss = sum(self.policy.forward(p.batch)[0] * (p.rows / total) for p in parts if p.rows > 0)
         return loss, total
 
-    def _check_ratio(self, ev, old_log_prob: Tensor, versions: Tensor, finite: Tensor) -> None:
-        """On the first minibatch, rows sampled by the current weights must score as recorded: |log ratio| per
-        Gaussian term (`ChainEvaluation.terms`) within `ratio_check_tolerance` (rows masked for non-finite numbers
-        carry no recorded log-prob any more). Per term, the tolerance does not depend on how many elements and
-        denoise steps one ratio covers (C x A for a hybrid Flow-SDE chunk, (K+1) x C x A for Flow-Noise)."""
+    def _ratio_error(self, ev, old_log_prob: Tensor, versions: Tensor, finite: Tensor) -> tuple[float, bool]:
+        """The ratio guard's number on the first minibatch: the worst |log ratio| per Gaussian term
+        (`ChainEvaluation.terms`) over rows sampled by the current weights (rows masked for non-finite numbers
+        carry no recorded log-prob any more), and whether the guard is off because some of them are non-finite
+        (the numerics guard handles those: skipped and reported). Per term, the tolerance does not depend on how
+        many elements and denoise steps one ratio covers (C x A for a hybrid Flow-SDE chunk, (K+1) x C x A for
+        Flow-Noise)."""
         current = (versions == self._policy_version) & finite
         if not bool(current.any()):
-            return
+            return 0.0, False
         diff = ((ev.log_prob.detach().float() - old_log_prob.float()).abs() / ev.terms.clamp_min(1.0))[current]
         if not bool(torch.isfinite(diff).all()):
-            return  # non-finite values are handled (skipped and reported) by the numerics guard
-        worst = float(diff.max())
-        if worst > self.config.ratio_check_tolerance:
-            raise RatioMismatchError(
-                f"first-minibatch |log ratio| per Gaussian term = {worst:.3g} > algorithm.ratio_check_tolerance="
-                f"{self.config.ratio_check_tolerance} on rows sampled by the current weights (version "
-                f"{self._policy_version}): the learner scores the chain differently from how the actor sampled it "
-                "(different weights, noise level, variant, K, dtype or preprocessing?)"
-            )
+            return 0.0, True
+        return float(diff.max()), False
+
+    def _ratio_mismatch(self, worst: float) -> None:
+        raise RatioMismatchError(
+            f"first-minibatch |log ratio| per Gaussian term = {worst:.3g} > algorithm.ratio_check_tolerance="
+            f"{self.config.ratio_check_tolerance} on rows sampled by the current weights (version "
+            f"{self._policy_version}): the learner scores the chain differently from how the actor sampled it "
+            "(different weights, noise level, variant, K, dtype or preprocessing?)"
+        )
 
     def _zero_grad(self) -> None:
         for opt in self.optimizers.values():

@@ -12,6 +12,12 @@ The loop, one stage per line (`PiRLLearner.run`):
 Checkpoints (`checkpoint.py`) use LeRobot's layout; `--resume=true` restores weights, optimizers, RNG and
 counters from `checkpoints/last` or fails loudly. Metrics (`metrics.py`) go to `metrics.jsonl`, the console and,
 with `--wandb.enable=true`, to W&B through LeRobot's own logger.
+
+Data-parallel (`distributed.py`): the same module started as N ranks,
+    torchrun --nproc_per_node N -m lerobot_policy_pi_rl.runtime.learner ...
+    accelerate launch --num_processes N -m lerobot_policy_pi_rl.runtime.learner ...
+runs this loop on rank 0 only; ranks 1..N-1 apply their share of every update's global minibatches and exit when
+rank 0 ends. `algorithm.minibatch_size` stays the global minibatch; a checkpoint resumes on any number of ranks.
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ from lerobot.utils.random_utils import set_seed
 from lerobot.utils.transition import Transition
 
 from ..rl.algorithm import PiRLAlgorithm, UpdateResult
+from ..rl.data_parallel import SINGLE_PROCESS, DataParallel
 from ..rl.grpo import complete_groups
-from . import checkpoint
+from . import checkpoint, distributed
 from .config import PiRLTrainRLServerPipelineConfig, apply_torch_threads, policy_dataset_stats
 from .console import setup_logging
 from .metrics import Counters, DropCounts, EpisodeWindow, MetricsFile, console_line, update_log
@@ -338,8 +345,10 @@ class PiRLLearner:
                 cancel()
 
 
-def build_learner(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event=None) -> PiRLLearner:
-    """Assemble policy, algorithm, processors, gRPC server and logger; resume if asked."""
+def build_learner(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event=None,
+                  data_parallel: DataParallel = SINGLE_PROCESS) -> PiRLLearner:
+    """Assemble policy, algorithm, processors, gRPC server and logger; resume if asked. With several ranks this is
+    rank 0, and the other ranks take its (resumed) state before any actor can connect."""
     checkpoint.guard_output_dir(cfg)
     set_seed(cfg.seed)
     if shutdown_event is None:
@@ -358,6 +367,8 @@ def build_learner(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event=None) -> 
     learner = PiRLLearner(cfg, policy, algorithm, preprocessor, postprocessor, None, shutdown_event)
     if cfg.resume:
         learner.resume()  # before the server starts: a broken checkpoint never leaves a port bound
+    algorithm.data_parallel = data_parallel
+    distributed.replicate_state(data_parallel, algorithm)
     if cfg.wandb.enable and cfg.wandb.project:
         from lerobot.common.wandb_utils import WandBLogger
 
@@ -388,9 +399,22 @@ def build_transport(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event) -> Tra
 
 
 def run_learner(cfg: PiRLTrainRLServerPipelineConfig) -> int:
-    setup_logging(cfg, "learner")
-    logger.info("[LEARNER] torch threads: %d", apply_torch_threads(cfg))
-    learner = build_learner(cfg)
+    ranks = distributed.init_data_parallel(cfg)
+    try:
+        return _run_rank(cfg, ranks)
+    finally:
+        distributed.leave(ranks)
+
+
+def _run_rank(cfg: PiRLTrainRLServerPipelineConfig, ranks: DataParallel) -> int:
+    setup_logging(cfg, "learner" if ranks.is_main else f"learner_rank{ranks.rank}")
+    threads = distributed.share_cores(cfg, ranks)
+    logger.info("[LEARNER] torch threads: %d", threads or apply_torch_threads(cfg))
+    if not ranks.is_main:
+        return distributed.run_follower(cfg, ranks)
+    if ranks.distributed:
+        logger.info("[LEARNER] rank 0 of %d data-parallel learner ranks", ranks.world_size)
+    learner = build_learner(cfg, data_parallel=ranks)
     try:
         code = learner.run()
     except SkippedStepsError as err:
@@ -398,6 +422,7 @@ def run_learner(cfg: PiRLTrainRLServerPipelineConfig) -> int:
         code = 1
     finally:
         learner.close()
+    distributed.stop_followers(ranks, code)
     logger.info("[LEARNER] done: %d updates, version %d", learner.counters.updates, learner.algorithm.policy_version)
     return code
 
