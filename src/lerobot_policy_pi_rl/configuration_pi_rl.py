@@ -178,7 +178,7 @@ class FlowMLPBackboneConfig(BackboneConfig):
             require(value >= 1, f"backbone.{name}={value} must be >= 1")
 
 
-VALUE_FEATURE_SOURCES = ("auto", "observation", "prefix", "action_expert")
+VALUE_FEATURE_SOURCES = ("auto", "observation", "prefix", "prefix_state", "action_expert")
 
 
 @dataclass
@@ -365,7 +365,7 @@ class PiRLConfig(PreTrainedConfig):
         if self.value_head.feature_source != "auto":
             allowed = {
                 "flow_mlp": ("observation",),
-                "smolvla": ("prefix", "action_expert"),
+                "smolvla": ("prefix", "prefix_state", "action_expert"),
                 "pi0": ("prefix", "action_expert"),
                 "pi05": ("prefix", "action_expert"),
             }.get(self.backbone.type, VALUE_FEATURE_SOURCES)

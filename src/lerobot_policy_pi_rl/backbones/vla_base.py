@@ -276,6 +276,9 @@ class VLABackbone(FlowBackbone, abc.ABC):
             return context.value_cache
         if self.value_source == "prefix":
             features = masked_mean(context.prefix_out, context.prefix_pad_masks)
+        elif self.value_source == "prefix_state":
+            features = torch.cat([masked_mean(context.prefix_out, context.prefix_pad_masks).float(),
+                                  context.extra["state"].float()], dim=-1)
         else:
             # The action expert at a fixed probe input (x = 0, t = 1): depends on the observation only.
             bsize = context.prefix_pad_masks.shape[0]
@@ -304,6 +307,8 @@ class VLABackbone(FlowBackbone, abc.ABC):
 
     @property
     def value_feature_dim(self) -> int:  # type: ignore[override]
+        if self.value_source == "prefix_state":
+            return self.vlm_width + int(self.policy.config.max_state_dim)
         return self.vlm_width if self.value_source == "prefix" else self.token_dim
 
     @property
