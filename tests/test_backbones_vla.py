@@ -78,12 +78,13 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return _Lazy(cache)
 
 
-def make_config(kind: str, checkpoint: Path | None, variant: str = "sde_hybrid", **backbone_kwargs) -> PiRLConfig:
+def make_config(kind: str, checkpoint: Path | None, variant: str = "sde_hybrid", value_source: str = "auto",
+                **backbone_kwargs) -> PiRLConfig:
     inputs, outputs = tv.features()
     return PiRLConfig(
         variant=VARIANTS[variant](),
         backbone=BACKBONE_CONFIGS[kind](pretrained_path=str(checkpoint) if checkpoint else None, **backbone_kwargs),
-        value_head=ValueHeadConfig(hidden_dims=[32]),
+        value_head=ValueHeadConfig(hidden_dims=[32], feature_source=value_source),
         num_denoise_steps=K,
         chunk_size=tv.CHUNK_SIZE,
         n_action_steps=5,
@@ -93,10 +94,11 @@ def make_config(kind: str, checkpoint: Path | None, variant: str = "sde_hybrid",
     )
 
 
-def build_policy(kind: str, checkpoint: Path, variant: str = "sde_hybrid", **backbone_kwargs) -> PiRLPolicy:
+def build_policy(kind: str, checkpoint: Path, variant: str = "sde_hybrid", value_source: str = "auto",
+                 **backbone_kwargs) -> PiRLPolicy:
     torch.manual_seed(0)
     with _tiny_context(kind):
-        return PiRLPolicy(make_config(kind, checkpoint, variant, **backbone_kwargs))
+        return PiRLPolicy(make_config(kind, checkpoint, variant, value_source, **backbone_kwargs))
 
 
 def model_batch(kind: str, policy: PiRLPolicy, seed: int = 0, batch: int = BATCH) -> dict:
@@ -164,6 +166,28 @@ def test_chain_log_prob_gradients_and_value(kind: str, variant: str, checkpoints
         torch.testing.assert_close(other.value, sample.value, rtol=0, atol=1e-6)
         torch.testing.assert_close(policy.value(batch), sample.value, rtol=0, atol=1e-6)
         assert not torch.allclose(policy.value(model_batch(kind, policy, seed=5)), sample.value)
+
+
+@pytest.mark.parametrize("kind", [k for k in BACKBONES if getattr(k, "values", [k])[0] != "pi05"])
+def test_prefix_state_critic_reads_the_prefix_mean_and_the_state(kind: str, checkpoints) -> None:
+    """`feature_source=prefix_state`: the critic's features are the prefix mean followed by the padded state the
+    backbone fed its model, and the value head is as wide as both."""
+    from lerobot_policy_pi_rl.backbones.vla_base import masked_mean
+
+    policy = build_policy(kind, checkpoints[kind], value_source="prefix_state")
+    backbone = policy.backbone
+    batch = model_batch(kind, policy)
+    with torch.no_grad():
+        context = backbone.encode(batch)
+        features = backbone.value_features(context)
+        state = backbone.policy.prepare_state(batch)
+        prefix_mean = masked_mean(context.prefix_out, context.prefix_pad_masks).float()
+    assert state.shape == (BATCH, backbone.policy.config.max_state_dim)
+    assert features.shape == (BATCH, backbone.vlm_width + state.shape[1]) == (BATCH, backbone.value_feature_dim)
+    torch.testing.assert_close(features, torch.cat([prefix_mean, state.float()], dim=-1), rtol=0, atol=0)
+    assert policy.value_head.mlp[0].in_features == backbone.value_feature_dim
+    with pytest.raises(ValueError, match="prefix_state"):
+        make_config("pi05", None, value_source="prefix_state")
 
 
 @pytest.mark.parametrize("kind", BACKBONES)

@@ -178,7 +178,7 @@ class FlowMLPBackboneConfig(BackboneConfig):
             require(value >= 1, f"backbone.{name}={value} must be >= 1")
 
 
-VALUE_FEATURE_SOURCES = ("auto", "observation", "prefix", "action_expert")
+VALUE_FEATURE_SOURCES = ("auto", "observation", "prefix", "prefix_state", "action_expert")
 
 
 @dataclass
@@ -254,8 +254,9 @@ class PI05BackboneConfig(VLABackboneConfig):
 @dataclass
 class ValueHeadConfig:
     # Where the critic reads its features: `observation` (the shared observation encoding; flow_mlp), `prefix`
-    # (mean over valid VLM prefix tokens; pi05/smolvla), `action_expert` (mean over action tokens of the action
-    # expert at a fixed probe input; pi0), or `auto` (the backbone's recommended source).
+    # (mean over valid VLM prefix tokens; pi05/smolvla), `prefix_state` (that mean and the padded, normalized
+    # state; smolvla and pi0), `action_expert` (mean over action tokens of the action expert at a fixed probe
+    # input; pi0), or `auto` (the backbone's recommended source).
     feature_source: str = "auto"
     # Hidden sizes of the value MLP (ReLU).
     hidden_dims: list[int] = field(default_factory=lambda: [256, 128])
@@ -365,8 +366,8 @@ class PiRLConfig(PreTrainedConfig):
         if self.value_head.feature_source != "auto":
             allowed = {
                 "flow_mlp": ("observation",),
-                "smolvla": ("prefix", "action_expert"),
-                "pi0": ("prefix", "action_expert"),
+                "smolvla": ("prefix", "prefix_state", "action_expert"),
+                "pi0": ("prefix", "prefix_state", "action_expert"),
                 "pi05": ("prefix", "action_expert"),
             }.get(self.backbone.type, VALUE_FEATURE_SOURCES)
             check_choice(

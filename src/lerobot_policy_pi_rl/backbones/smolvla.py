@@ -100,7 +100,8 @@ class SmolVLABackbone(VLABackbone):
             inputs_embeds=[embs, None],
             use_cache=True,
         )
-        return VLAContext(prefix_pad_masks=pad_masks, prefix_kv=cache_tensors(cache), prefix_out=prefix_out)
+        return VLAContext(prefix_pad_masks=pad_masks, prefix_kv=cache_tensors(cache), prefix_out=prefix_out,
+                          extra={"state": state})
 
     def _expert(self, context: VLAContext, x_t: Tensor, t: Tensor) -> Tensor:
         # Same masks and positions as upstream `VLAFlowMatching.denoise_step`.

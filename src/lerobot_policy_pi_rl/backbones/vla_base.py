@@ -47,7 +47,8 @@ class VLAContext:
     prefix_kv: list[tuple[Tensor, Tensor]]
     #: `[B, L, W_vlm]` VLM output over the prefix (final norm applied).
     prefix_out: Tensor
-    #: Backbone-specific suffix inputs (π0: the padded state `[B, max_state_dim]`).
+    #: Backbone-specific inputs: the padded state `[B, max_state_dim]` under "state" (π0's suffix input; SmolVLA's
+    #: prefix token), which `value_head.feature_source=prefix_state` also reads.
     extra: dict[str, Tensor] = field(default_factory=dict)
     #: Memoized chain-independent value features `[B, F]`.
     value_cache: Tensor | None = None
@@ -276,6 +277,11 @@ class VLABackbone(FlowBackbone, abc.ABC):
             return context.value_cache
         if self.value_source == "prefix":
             features = masked_mean(context.prefix_out, context.prefix_pad_masks)
+        elif self.value_source == "prefix_state":
+            # The prefix mean holds the state as one token among hundreds of image and language tokens; the critic
+            # also gets the state itself.
+            features = torch.cat([masked_mean(context.prefix_out, context.prefix_pad_masks).float(),
+                                  context.extra["state"].float()], dim=-1)
         else:
             # The action expert at a fixed probe input (x = 0, t = 1): depends on the observation only.
             bsize = context.prefix_pad_masks.shape[0]
@@ -304,6 +310,8 @@ class VLABackbone(FlowBackbone, abc.ABC):
 
     @property
     def value_feature_dim(self) -> int:  # type: ignore[override]
+        if self.value_source == "prefix_state":
+            return self.vlm_width + int(self.policy.config.max_state_dim)
         return self.vlm_width if self.value_source == "prefix" else self.token_dim
 
     @property
