@@ -60,9 +60,8 @@ BACKBONE_RECIPES: dict[str, BackboneRecipe] = {
             "--policy.backbone.type=smolvla",
             "--policy.backbone.debug_size=tiny",
             "--policy.backbone.freeze_vlm=false",
-            "--policy.value_head.feature_source=prefix_state",
         ),
-        rl_policy_args=("--policy.backbone.freeze_vlm=true", "--policy.value_head.feature_source=prefix_state"),
+        rl_policy_args=("--policy.backbone.freeze_vlm=true",),
         env_options={"state_includes_cube": True, "camera": "blank", "camera_size": 32},
         # SFT success after 100/200/300/400/800 steps: 3/14/19/50/91 % (the debug SmolVLA fits the 20 demos fast).
         sft_steps=400,
