@@ -42,7 +42,7 @@ $(STAMP): pyproject.toml
 venv: system-deps $(STAMP)
 
 test: venv
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25 tests
 
 # make demo BACKBONE=smolvla (LeRobot's SmolVLA at debug size instead of the small flow policy); VARIANT=flow_sde
 # or flow_noise (default: the backbone's); DEMO_ARGS passes any other demo flag.
