@@ -46,6 +46,9 @@ from lerobot_policy_pi_rl.demo.stages import STAGES_FILE, StageLog, evaluate, qu
 from lerobot_policy_pi_rl.runtime.metrics import EPISODE_WINDOW
 
 SETTINGS_FILE = "bench_offline_mixing.json"
+# A lower bar, held the same way (10 consecutive updates, full window): on PickCube plain PPO's training success
+# levels off in the high 80s (its evaluation is higher), so 90 % alone can leave every cell without a number.
+LOWER_SUCCESS = 0.7
 MODEL = Path("checkpoints") / "last" / "pretrained_model"
 BUDGETS = ("demo_episodes", "sft_steps", "rl_updates", "eval_episodes")
 
@@ -177,6 +180,7 @@ def cell_result(cell_dir: Path, pi_rl_stage: str) -> dict:
     return {
         "finished": finished,
         "env_steps_to_success": env_steps_to_success(rows),
+        "env_steps_to_lower": env_steps_to_success(rows, success=LOWER_SUCCESS),
         "pi_rl_env_steps": last_env_steps(rows),
         "pi_rl_updates": len(rows),
         "success_rate": evaluation.get("success_rate"),
@@ -191,29 +195,26 @@ def _mean(values: list[float]) -> float | None:
 
 
 def per_ratio(cells: list[dict], ratios: list[float], seeds: list[int]) -> list[dict]:
-    """Per ratio, over `seeds`: how many cells finished and reached 90 %, the mean env steps to 90 % (only when
-    every seed's cell finished and reached it: a mean over the seeds that did would flatter a ratio that failed
-    on some), the speed-up against ratio 0 (its mean env steps over this ratio's; > 1: fewer env steps), the mean
-    final success and the mean PI-RL wall time of the finished cells."""
+    """Per ratio, over `seeds`: how many cells finished and reached 90 % (and the lower bar), the mean env steps to
+    each (only when every seed's cell finished and reached it: a mean over the seeds that did would flatter a ratio
+    that failed on some), the speed-up against ratio 0 (its mean env steps over this ratio's; > 1: fewer env
+    steps), the mean final success and the mean PI-RL wall time of the finished cells."""
     rows = []
     for ratio in ratios:
         mine = [c for c in cells if c["ratio"] == ratio and c["seed"] in seeds and c["finished"]]
-        steps = [c["env_steps_to_success"] for c in mine if c["env_steps_to_success"] is not None]
-        all_reached = len(steps) == len(seeds)
         walls = [c["pi_rl_wall_s"] for c in mine if c["pi_rl_wall_s"] is not None]
-        rows.append({
-            "ratio": ratio,
-            "seeds": len(seeds),
-            "finished": len(mine),
-            "reached": len(steps),
-            "mean_env_steps_to_success": _mean(steps) if all_reached else None,
-            "mean_success_rate": _mean([c["success_rate"] for c in mine]),
-            "mean_pi_rl_wall_s": _mean(walls),
-        })
-    baseline = next((r["mean_env_steps_to_success"] for r in rows if r["ratio"] == 0), None)
-    for row in rows:
-        mean = row["mean_env_steps_to_success"]
-        row["speedup_vs_ratio_0"] = baseline / mean if baseline is not None and mean else None
+        row = {"ratio": ratio, "seeds": len(seeds), "finished": len(mine)}
+        for suffix, key in (("", "env_steps_to_success"), ("_lower", "env_steps_to_lower")):
+            steps = [c[key] for c in mine if c.get(key) is not None]
+            row[f"reached{suffix}"] = len(steps)
+            row[f"mean_{key}"] = _mean(steps) if len(steps) == len(seeds) else None
+        row.update(mean_success_rate=_mean([c["success_rate"] for c in mine]), mean_pi_rl_wall_s=_mean(walls))
+        rows.append(row)
+    for suffix, key in (("", "env_steps_to_success"), ("_lower", "env_steps_to_lower")):
+        baseline = next((r[f"mean_{key}"] for r in rows if r["ratio"] == 0), None)
+        for row in rows:
+            mean = row[f"mean_{key}"]
+            row[f"speedup{suffix}_vs_ratio_0"] = baseline / mean if baseline is not None and mean else None
     return rows
 
 
@@ -230,7 +231,8 @@ def collect(out: Path, env, seeds: list[int], ratios: list[float], loss_weight: 
         "settings": {**env.describe(), "offline_loss_weight": loss_weight},
         "seeds": seeds,
         "ratios": ratios,
-        "reached": {"success": REACHED_SUCCESS, "consecutive_updates": REACHED_UPDATES},
+        "reached": {"success": REACHED_SUCCESS, "lower_success": LOWER_SUCCESS,
+                    "consecutive_updates": REACHED_UPDATES},
         "command": command,
         "sft": sft,
         "cells": cells,
@@ -254,7 +256,7 @@ def _success(cell: dict) -> str:
 
 def render_markdown(summary: dict) -> str:
     settings = summary["settings"]
-    pct = f"{100 * REACHED_SUCCESS:.0f} %"
+    pct, low = f"{100 * REACHED_SUCCESS:.0f} %", f"{100 * LOWER_SUCCESS:.0f} %"
     budgets = ", ".join(f"{name} {settings[name]}" for name in BUDGETS)
     lines = [
         f"# Online/offline mixing vs plain PPO: {summary['title']}",
@@ -265,19 +267,21 @@ def render_markdown(summary: dict) -> str:
         "ratio starts from the same SFT checkpoint per seed.",
         f"Env steps to {pct}: training-episode success (the learner's `rollout/success_rate`, its mean over the "
         f"last {EPISODE_WINDOW} training episodes; not the evaluation) >= {pct} at {REACHED_UPDATES} consecutive PPO "
-        "updates with a full window; the env steps at the first of them. `-`: not reached.",
+        f"updates with a full window; the env steps at the first of them. `-`: not reached. The same with {low}: a "
+        "lower bar, for a speed-up figure where 90 % is not held.",
         f"Final success: evaluation of the PI-RL policy, deterministic ODE sampling, {settings['eval_episodes']} "
         f"episodes from env seed {settings['eval_seed']}, 95 % Wilson interval.",
         "",
-        f"| ratio | seed | SFT success | env steps to {pct} | PI-RL env steps | final success (95 % CI) | "
-        "PI-RL wall time |",
-        "|---|---|---|---|---|---|---|",
+        f"| ratio | seed | SFT success | env steps to {pct} | env steps to {low} | PI-RL env steps | "
+        "final success (95 % CI) | PI-RL wall time |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for cell in summary["cells"]:
         sft = summary["sft"].get(str(cell["seed"]))
         lines.append(
             f"| {cell['ratio']:g} | {cell['seed']} | {format_success(sft) if sft else '-'} | "
-            f"{_steps(cell['env_steps_to_success'])} | {_steps(cell['pi_rl_env_steps']) if cell['finished'] else '-'}"
+            f"{_steps(cell['env_steps_to_success'])} | {_steps(cell.get('env_steps_to_lower'))} | "
+            f"{_steps(cell['pi_rl_env_steps']) if cell['finished'] else '-'}"
             f" | {_success(cell)} | {_minutes(cell['pi_rl_wall_s']) if cell['finished'] else '-'} |"
         )
     lines += [
@@ -285,16 +289,18 @@ def render_markdown(summary: dict) -> str:
         f"Per ratio (mean env steps to {pct} only when every seed reached it; speed-up: ratio 0's mean over this "
         "ratio's, > 1 means fewer env steps):",
         "",
-        f"| ratio | finished | reached {pct} | mean env steps to {pct} | speed-up vs ratio 0 | mean final success | "
-        "mean PI-RL wall time |",
-        "|---|---|---|---|---|---|---|",
+        f"| ratio | finished | reached {pct} | mean env steps to {pct} | speed-up vs ratio 0 | reached {low} | "
+        f"mean env steps to {low} | speed-up to {low} | mean final success | mean PI-RL wall time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary["per_ratio"]:
-        speedup = "-" if row["speedup_vs_ratio_0"] is None else f"{row['speedup_vs_ratio_0']:.2f}x"
+        speedup, speedup_low = ("-" if row[key] is None else f"{row[key]:.2f}x"
+                                for key in ("speedup_vs_ratio_0", "speedup_lower_vs_ratio_0"))
         success = "-" if row["mean_success_rate"] is None else f"{100 * row['mean_success_rate']:.1f} %"
         lines.append(
             f"| {row['ratio']:g} | {row['finished']}/{row['seeds']} | {row['reached']}/{row['seeds']} | "
-            f"{_steps(row['mean_env_steps_to_success'])} | {speedup} | {success} | "
+            f"{_steps(row['mean_env_steps_to_success'])} | {speedup} | {row['reached_lower']}/{row['seeds']} | "
+            f"{_steps(row['mean_env_steps_to_lower'])} | {speedup_low} | {success} | "
             f"{_minutes(row['mean_pi_rl_wall_s'])} |"
         )
     lines += ["", "```bash", summary["command"], "```", ""]

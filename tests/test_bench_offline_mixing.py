@@ -27,14 +27,15 @@ def mixing():
     return module
 
 
-def _cell(ratio, seed, steps, success=0.9, wall=60.0, finished=True):
+def _cell(ratio, seed, steps, success=0.9, wall=60.0, finished=True, lower=None):
     return {"ratio": ratio, "seed": seed, "finished": finished, "env_steps_to_success": steps,
+            "env_steps_to_lower": steps if lower is None else lower,
             "success_rate": success if finished else None, "pi_rl_wall_s": wall if finished else None}
 
 
 def test_per_ratio_means_and_speed_up_against_ratio_0(mixing):
     cells = [
-        _cell(0.0, 0, 4000, 0.90, 100.0), _cell(0.0, 1, 6000, 0.94, 140.0),
+        _cell(0.0, 0, 4000, 0.90, 100.0, lower=3000), _cell(0.0, 1, 6000, 0.94, 140.0, lower=1000),
         _cell(0.5, 0, 2000, 0.96, 120.0), _cell(0.5, 1, 3000, 0.92, 160.0),
         # One seed never reached 90 %: no mean (a mean over the other seed alone would flatter the ratio).
         _cell(0.25, 0, 1000), _cell(0.25, 1, None, 0.5),
@@ -44,6 +45,8 @@ def test_per_ratio_means_and_speed_up_against_ratio_0(mixing):
     rows = {row["ratio"]: row for row in mixing.per_ratio(cells, [0.0, 0.25, 0.5, 0.75], [0, 1])}
     assert rows[0.0]["mean_env_steps_to_success"] == 5000 and rows[0.0]["speedup_vs_ratio_0"] == 1.0
     assert rows[0.5]["mean_env_steps_to_success"] == 2500 and rows[0.5]["speedup_vs_ratio_0"] == 2.0
+    # The lower bar is averaged and compared on its own.
+    assert rows[0.0]["mean_env_steps_to_lower"] == 2000 and rows[0.5]["speedup_lower_vs_ratio_0"] == 0.8
     assert rows[0.5]["mean_success_rate"] == pytest.approx(0.94) and rows[0.5]["mean_pi_rl_wall_s"] == 140.0
     assert (rows[0.25]["reached"], rows[0.25]["mean_env_steps_to_success"], rows[0.25]["speedup_vs_ratio_0"]) == (
         1, None, None)
@@ -54,7 +57,8 @@ def test_per_ratio_means_and_speed_up_against_ratio_0(mixing):
 
 class FakeEnv:
     """The script's env interface, writing what the real stages write (no subprocess): SFT success 0.5, then per
-    ratio r a training curve that reaches 90 % after `10 * (1 - r)` updates of 100 env steps."""
+    ratio r a training curve of updates of 100 env steps that reaches 80 % three updates before it reaches 95 %,
+    after `10 * (1 - r)` updates."""
 
     pi_rl_stage = "PI-RL"
 
@@ -85,7 +89,7 @@ class FakeEnv:
             raise SystemExit(f"[demo] stage 'PI-RL' failed with exit code 1 (seed {seed}, ratio {ratio})")
         before = round(10 * (1 - ratio))
         rows = [{"update": i + 1, "rollout/interaction_steps": 100 * (i + 1),
-                 "rollout/success_rate": 0.5 if i < before else 0.95} for i in range(30)]
+                 "rollout/success_rate": 0.5 if i < before - 3 else 0.8 if i < before else 0.95} for i in range(30)]
         (cell_dir / "pi_rl").mkdir()
         (cell_dir / "pi_rl" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         (cell_dir / "stages.json").write_text(json.dumps({"commands": ["train"], "timings_s": {"PI-RL": 120.0}}))
@@ -102,11 +106,12 @@ def test_comparison_table_resume_and_a_failed_cell(mixing, tmp_path, capsys):
     summary = json.loads((out / "comparison.json").read_text())
     cells = {(c["seed"], c["ratio"]): c for c in summary["cells"]}
     assert cells[(0, 0.0)]["env_steps_to_success"] == 1100 and cells[(0, 0.5)]["env_steps_to_success"] == 600
+    assert cells[(0, 0.0)]["env_steps_to_lower"] == 800 and cells[(0, 0.5)]["env_steps_to_lower"] == 300
     assert cells[(0, 0.5)]["pi_rl_wall_s"] == 120.0 and not cells[(1, 0.5)]["finished"]
     first = (out / "comparison.md").read_text()
-    assert "| 0.5 | 0 | 50.0 % [24.0, 76.0] | 600 | 3,000 | 90.0 % [60.0, 98.0] (10 ep) | 2.0 min |" in first
-    assert "| 0.5 | 1 | 50.0 % [24.0, 76.0] | - | - | not finished | - |" in first
-    assert "| 0.5 | 1/2 | 1/2 | - | - | 90.0 % | 2.0 min |" in first
+    assert "| 0.5 | 0 | 50.0 % [24.0, 76.0] | 600 | 300 | 3,000 | 90.0 % [60.0, 98.0] (10 ep) | 2.0 min |" in first
+    assert "| 0.5 | 1 | 50.0 % [24.0, 76.0] | - | - | - | not finished | - |" in first
+    assert "| 0.5 | 1/2 | 1/2 | - | - | 1/2 | - | - | 90.0 % | 2.0 min |" in first
 
     # Resumed: only the failed cell runs again; the first comparison stays as it was.
     env = FakeEnv()
@@ -117,7 +122,8 @@ def test_comparison_table_resume_and_a_failed_cell(mixing, tmp_path, capsys):
     rows = {r["ratio"]: r for r in json.loads((out / "comparison_2.json").read_text())["per_ratio"]}
     assert rows[0.0]["mean_env_steps_to_success"] == 1100 and rows[0.5]["mean_env_steps_to_success"] == 600
     assert rows[0.5]["speedup_vs_ratio_0"] == pytest.approx(1100 / 600)
-    assert "| 0.5 | 2/2 | 2/2 | 600 | 1.83x | 90.0 % | 2.0 min |" in (out / "comparison_2.md").read_text()
+    assert "| 0.5 | 2/2 | 2/2 | 600 | 1.83x | 2/2 | 300 | 2.67x | 90.0 % | 2.0 min |" in (
+        out / "comparison_2.md").read_text()
 
     # Other budgets on the same directory are refused, naming what changed; nothing is written.
     class Longer(FakeEnv):
