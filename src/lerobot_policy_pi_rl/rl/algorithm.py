@@ -14,6 +14,11 @@ the runtime's control flow, beside the `TrainingStats` for logging.
 `update_rollout` is `prepare_update` (everything up to the epochs, computed once over the whole rollout) then
 `apply_update` (the epochs). A data-parallel learner prepares on rank 0 and every rank applies its share of each
 global minibatch (`data_parallel.py`); in a single process the shares are whole minibatches.
+
+Sharded frozen weights. When a data-parallel learner shards the frozen VLM over its ranks, each frozen forward
+(`backbone.encode`) gathers the layers from every rank, so every rank must run it as often as the others: rank 0
+then shares the raw rollout and every rank prepares it (the same rows through the same weights: bootstrap values,
+proximal log-probs), and a rank that holds no row of a minibatch encodes one row of it and discards the result.
 Formulas: docs/concepts.md. Log-probs, ratios and advantages are float32 throughout.
 """
 
@@ -235,8 +240,19 @@ class PiRLAlgorithm(RLAlgorithm):
 
     def update_rollout(self, rollout: Rollout) -> UpdateResult:
         """One PPO (or GRPO) update on a whole on-policy rollout of chunk steps: prepared once (on rank 0 of a
-        data-parallel learner, then shared with the other ranks), applied by every rank."""
-        return self.apply_update(self.data_parallel.share(self.prepare_update(rollout)))
+        data-parallel learner, then shared with the other ranks), applied by every rank. With the frozen weights
+        sharded, the rollout is shared and every rank prepares it (module docstring)."""
+        ranks = self.data_parallel
+        if ranks.shards_frozen:
+            return self.apply_shared(ranks.share(rollout))
+        return self.apply_update(ranks.share(self.prepare_update(rollout)))
+
+    def apply_shared(self, message: Rollout | PreparedUpdate) -> UpdateResult:
+        """What every rank does with rank 0's update message: a prepared update is applied, a rollout (frozen
+        weights sharded) is prepared first."""
+        if isinstance(message, Rollout):
+            message = self.prepare_update(message)
+        return self.apply_update(message)
 
     def prepare_update(self, rollout: Rollout) -> PreparedUpdate:
         """Everything computed once over the whole rollout: staleness, advantages and returns, the non-finite mask,
@@ -558,6 +574,8 @@ class PiRLAlgorithm(RLAlgorithm):
         cfg = self.config
         rollout, warmup = prepared.rollout, prepared.warmup
         if len(local) == 0:
+            if self.data_parallel.shards_frozen:
+                self._join_frozen_forward(rollout, rows[:1])
             return _MinibatchPart(loss=None, sums=[torch.zeros(())] * 7, checked=())
         w_policy = share_weight(int(prepared.ratio_mask[local].sum()), int(prepared.ratio_mask[rows].sum()))
         w_value = share_weight(int(prepared.keep[local].sum()), int(prepared.keep[rows].sum()))
@@ -596,6 +614,12 @@ class PiRLAlgorithm(RLAlgorithm):
         return _MinibatchPart(loss=loss, sums=[t.detach().float().cpu() for t in sums],
                               checked=(ev.log_prob, ev.value), ratio_max=float(pg.ratio_max), ratio_worst=worst,
                               ratio_unchecked=unchecked)
+
+    @torch.no_grad()
+    def _join_frozen_forward(self, rollout: Rollout, rows: Tensor) -> None:
+        """Encode `rows` and discard the result: a rank without rows of a minibatch still enters the layer gathers
+        of the sharded frozen forward that the other ranks run."""
+        self.policy.backbone.encode({k: v[rows] for k, v in rollout.observations.items()})
 
     def _offline_loss(self, online: int) -> tuple[Tensor | None, int]:
         """The SFT flow-matching loss (the policy's own `forward`, as `lerobot-train` optimizes it) on the offline

@@ -12,6 +12,11 @@ take none). Every loss term is a mean over a mask of the global minibatch,
 so each rank scales its term by `share_weight(n_kept_r, n_kept)` and the ranks' gradients are SUMMED (not averaged)
 before clipping: every rank then clips and steps on the same global gradient, and the weights stay equal.
 A world of one (`SINGLE_PROCESS`) communicates nothing and every share weight is exactly 1.
+
+With the frozen weights sharded over the ranks (`shards_frozen`, `runtime/distributed.py`), every forward through
+them gathers each layer from all ranks: a collective that every rank must enter the same number of times, in the
+same order. Such a learner therefore runs every frozen forward on every rank (module docstring of
+`rl/algorithm.py`, "Sharded frozen weights").
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ class DataParallel:
 
     `control_group` carries `share` (whole Python objects, on the CPU): a process group whose timeout allows the
     other ranks to wait as long as rank 0 takes to collect a rollout. The default process group carries the
-    per-minibatch collectives.
+    per-minibatch collectives. `shards_frozen` is set once the policy's frozen weights are sharded over the ranks.
     """
 
     def __init__(self, rank: int = 0, world_size: int = 1, control_group: Any = None):
@@ -56,6 +61,7 @@ class DataParallel:
         self.rank = rank
         self.world_size = world_size
         self.control_group = control_group
+        self.shards_frozen = False
 
     @property
     def is_main(self) -> bool:

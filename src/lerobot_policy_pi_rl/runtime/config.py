@@ -62,6 +62,11 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
     # by the learner and the `num_actors` actors (cores // (num_actors + 1), at least 1), so the processes of a
     # one-machine run do not oversubscribe the CPU (busy-waiting OpenMP threads slow every env step).
     torch_threads: int = 0
+    # Learner started as N > 1 data-parallel ranks (torchrun, accelerate launch): shard the frozen VLM of a VLA
+    # backbone (`freeze_vlm=true`) over the ranks with FSDP2, so that each rank holds about 1/N of it; the
+    # trainable weights stay whole on every rank. Refused on one learner process, on a backbone without a frozen
+    # VLM and with offline mixing (docs/scaling.md, "A data-parallel learner"). Actors ignore it.
+    shard_frozen: bool = False
     # TLS and a shared token on the actor <-> learner gRPC link (below). Required when `learner_host` is not a
     # loopback address.
     security: TransportSecurityConfig = field(default_factory=TransportSecurityConfig)
@@ -128,6 +133,8 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
         port = self.policy.actor_learner_config.learner_port
         require(0 < port < 65536, f"policy.actor_learner_config.learner_port={port} must be in 1..65535")
         self.validate_security()
+        if self.shard_frozen:
+            self.validate_shard_frozen()
 
         if not self.job_name:
             self.job_name = f"{self.env.type}_{self.policy.type}"
@@ -148,6 +155,24 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
             )
             if not self.policy.repo_id:
                 self.policy.push_to_hub = False
+
+    def validate_shard_frozen(self) -> None:
+        """`shard_frozen` needs a pi_rl VLA backbone whose VLM is frozen; the offline SFT term runs the VLM on rank
+        0 alone, which sharded weights (gathered by all ranks together) do not allow."""
+        backbone = getattr(self.policy, "backbone", None)
+        require(
+            backbone is not None and getattr(backbone, "freeze_vlm", False),
+            f"shard_frozen=true shards a frozen VLM, but policy.backbone.type="
+            f"{getattr(backbone, 'type', None)!r}"
+            f"{' has none' if not hasattr(backbone, 'freeze_vlm') else ' trains its VLM (freeze_vlm=false)'}: "
+            "drop --shard_frozen",
+        )
+        require(
+            not self.algorithm.offline.enabled,
+            f"shard_frozen=true with algorithm.offline.ratio={self.algorithm.offline.ratio}: the offline "
+            "flow-matching term is computed on rank 0 alone and cannot run over sharded frozen weights; use one "
+            "or the other",
+        )
 
     def validate_recording(self) -> None:
         if not self.record_rollouts:

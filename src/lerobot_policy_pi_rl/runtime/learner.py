@@ -309,8 +309,10 @@ class PiRLLearner:
             self.save_checkpoint()
 
     def save_checkpoint(self) -> Path:
-        ckpt = checkpoint.save(self.cfg, policy=self.policy, algorithm=self.algorithm, preprocessor=self.preprocessor,
-                               postprocessor=self.postprocessor, counters=self.counters)
+        with distributed.full_frozen_weights(self.algorithm.data_parallel, self.policy):
+            ckpt = checkpoint.save(self.cfg, policy=self.policy, algorithm=self.algorithm,
+                                   preprocessor=self.preprocessor, postprocessor=self.postprocessor,
+                                   counters=self.counters)
         self.checkpointed_update = self.counters.updates
         return ckpt
 
@@ -368,7 +370,7 @@ def build_learner(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event=None,
     if cfg.resume:
         learner.resume()  # before the server starts: a broken checkpoint never leaves a port bound
     algorithm.data_parallel = data_parallel
-    distributed.replicate_state(data_parallel, algorithm)
+    distributed.setup_ranks(cfg, data_parallel, algorithm)
     if cfg.wandb.enable and cfg.wandb.project:
         from lerobot.common.wandb_utils import WandBLogger
 
