@@ -181,10 +181,14 @@ def test_slurm_script_trains_is_requeued_at_its_time_limit_and_resumes(tmp_path)
         actor_log = (out / "logs" / f"actor{index}_pi_rl_pickcube_pi_rl.log").read_text().split("torch threads")[-1]
         sent = re.search(r"\[ACTOR\] done: (\d+) chunks", actor_log)
         assert sent and int(sent.group(1)) > 0 and "(training done)" in actor_log, actor_log[-2000:]
-    # Placement: the learner step on the first node, the actor step on the others, two tasks of it.
+    # Placement, per job (the two steps start concurrently, in either order): the learner step on the first node,
+    # the actor step of two tasks on the others.
     steps = [line for line in log.read_text().splitlines() if line.startswith("srun")]
-    assert len(steps) == 4, steps
-    assert "--nodelist=localhost" in steps[0] and "--ntasks=2" in steps[1] and "--exclude=localhost" in steps[1]
+    learner_steps = [line for line in steps if "--nodelist=localhost" in line]
+    actor_steps = [line for line in steps if "--exclude=localhost" in line]
+    assert len(steps) == 4 and len(learner_steps) == len(actor_steps) == 2, steps
+    assert all("--ntasks=1" in line for line in learner_steps), learner_steps
+    assert all("--ntasks=2" in line for line in actor_steps), actor_steps
 
 
 # ---------------------------------------------------------------------------------------------------------------
