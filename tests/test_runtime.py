@@ -27,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from lerobot.transport.utils import bytes_to_transitions, state_to_bytes  # noqa: E402
 from lerobot.utils.transition import Transition  # noqa: E402
 
+from lerobot_policy_pi_rl.rl.data_parallel import SINGLE_PROCESS  # noqa: E402
 from lerobot_policy_pi_rl.runtime import schema as S  # noqa: E402
 from lerobot_policy_pi_rl.runtime.schema import transitions_to_rollout  # noqa: E402
 
@@ -51,6 +52,7 @@ class _FakeAlgorithm:
         self.results = iter(results)
         self.policy_version = 0
         self.staleness = staleness
+        self.data_parallel = SINGLE_PROCESS
 
     def update_rollout(self, rollout):
         result = next(self.results)
