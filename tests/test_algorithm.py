@@ -13,7 +13,13 @@ from bandit import bandit_config, collect_group_rollout, collect_rollout, expect
 from lerobot.rl.algorithms.configs import RLAlgorithmConfig
 from lerobot_policy_pi_rl.configuration_pi_rl import FlowNoiseConfig, FlowSDEConfig
 from lerobot_policy_pi_rl.modeling_pi_rl import PiRLPolicy
-from lerobot_policy_pi_rl.rl.algorithm import PiRLAlgorithm, RatioMismatchError, UpdateResult
+from lerobot_policy_pi_rl.rl.algorithm import (
+    FrozenWeightsMismatchError,
+    PiRLAlgorithm,
+    RatioMismatchError,
+    UpdateResult,
+    frozen_fingerprint,
+)
 from lerobot_policy_pi_rl.rl.config import GAEConfig, GRPOConfig, PiRLAlgorithmConfig
 
 
@@ -186,6 +192,38 @@ def test_load_weights_rejects_unknown_keys_and_shapes():
     w["state_dict"]["value_head.mlp.0.weight"] = torch.zeros(3, 3)
     with pytest.raises(ValueError, match="value_head.mlp.0.weight"):
         algo.load_weights(w)
+
+
+def test_frozen_fingerprint_reads_names_shapes_and_values_not_devices_or_dtypes():
+    torch.manual_seed(0)
+    weights = {"vlm.a": torch.randn(10, 300), "vlm.b": torch.randn(7)}
+    digest = frozen_fingerprint(weights)
+    assert frozen_fingerprint({k: v.double() for k, v in reversed(weights.items())}) == digest  # order, float64 copy
+    moved = dict(weights, **{"vlm.a": weights["vlm.a"].clone()})
+    moved["vlm.a"].view(-1)[-1] += 1.0  # the last element is always sampled
+    assert frozen_fingerprint(moved) != digest
+    assert frozen_fingerprint(dict(weights, **{"vlm.a": weights["vlm.a"].reshape(300, 10)})) != digest  # shape
+    assert frozen_fingerprint({"vlm.c" if k == "vlm.b" else k: v for k, v in weights.items()}) != digest  # name
+    torch.manual_seed(1)
+    assert frozen_fingerprint({k: torch.randn_like(v) for k, v in weights.items()}) != digest  # another init
+
+
+def test_an_actor_whose_frozen_weights_differ_from_the_learners_refuses_them_naming_both_fingerprints():
+    torch.manual_seed(0)
+    learner_policy, learner = build()
+    torch.manual_seed(0)
+    actor_policy, actor = build()
+    for algo in (learner, actor):
+        for p in algo.policy.backbone.obs_encoder.parameters():
+            p.requires_grad_(False)
+    actor.load_weights(learner.get_weights())  # the same build: accepted
+    with torch.no_grad():
+        next(actor_policy.backbone.obs_encoder.parameters()).view(-1)[0] += 1.0
+    actor._frozen_fingerprint = None  # as if built differently from the start
+    published = learner.get_weights()
+    with pytest.raises(FrozenWeightsMismatchError, match=published["frozen_fingerprint"]) as err:
+        actor.load_weights(published)
+    assert actor.frozen_fingerprint() in str(err.value) and "pretrained_path" in str(err.value)
 
 
 # ---------------------------------------------------------------------------------------------------------------

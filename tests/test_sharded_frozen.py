@@ -7,6 +7,9 @@ CPU only, free ports; the ranks are spawned processes (`torch.multiprocessing`).
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,7 +22,7 @@ from lerobot_policy_pi_rl.rl.config import PiRLAlgorithmConfig
 from lerobot_policy_pi_rl.rl.data_parallel import DataParallel
 from lerobot_policy_pi_rl.runtime import distributed
 from test_debug_smolvla import make_config, observation, stats
-from test_runtime import free_port, tiny_args
+from test_runtime import ENV, free_port, tiny_args
 
 # Five rows in minibatches of 4 and 1: rank 1 holds no row of the second one and must still join its frozen forward.
 ROWS, MINIBATCH, SEED = 5, 4, 7
@@ -155,6 +158,45 @@ def test_two_ranks_with_the_frozen_vlm_sharded_make_the_single_process_update(tm
         assert torch.equal(state[k], setup["init"][k]), f"frozen {k} changed in the checkpoint"
     for k in weights:
         assert torch.equal(state[k], ranks[0]["trainable"][k]), f"trainable {k} differs in the checkpoint"
+
+
+def test_a_sharded_two_rank_learner_trains_with_an_actor_and_checkpoints_whole_weights(tmp_path, lerobot_home):
+    """The path users run: torchrun starts 2 learner ranks with `--shard_frozen` on a fresh debug SmolVLA (no SFT
+    checkpoint: its VLM is a random init that each process builds, and only trainable weights are published), one
+    actor samples PickCube with a blank camera, two updates pass the first-minibatch ratio check, and the final
+    checkpoint loads strictly into an unsharded policy."""
+    from lerobot_policy_pi_rl.configuration_pi_rl import PiRLConfig
+
+    port, out = free_port(), tmp_path / "run"
+    drop = ("policy.backbone.hidden_dim", "policy.backbone.num_layers", "policy.backbone.token_dim",
+            "policy.value_head.hidden_dims")
+    args = [a for a in tiny_args(port, out, num_updates=2, checkpoint_every_updates=0, n_envs=1, torch_threads=1,
+                                 **{"policy.backbone.type": "smolvla"})
+            if not a.startswith(tuple(f"--{k}=" for k in drop))]
+    args += ["--policy.backbone.debug_size=tiny", "--env.state_includes_cube=true", "--env.camera=blank",
+             "--env.camera_size=32"]
+    env = {**ENV, "OMP_NUM_THREADS": "1", "HF_LEROBOT_HOME": str(lerobot_home)}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+         "lerobot_policy_pi_rl.runtime.learner", *args, "--shard_frozen=true"], env=env,
+        stdout=open(tmp_path / "learner.log", "w"), stderr=subprocess.STDOUT)
+    actor = subprocess.Popen([sys.executable, "-m", "lerobot_policy_pi_rl.runtime.actor", *args], env=env,
+                             stdout=open(tmp_path / "actor.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        assert launcher.wait(timeout=420) == 0, (tmp_path / "learner.log").read_text()[-3000:]
+        assert actor.wait(timeout=60) == 0, (tmp_path / "actor.log").read_text()[-3000:]
+    finally:
+        for proc in (launcher, actor):
+            if proc.poll() is None:
+                proc.kill()
+    log = (tmp_path / "learner.log").read_text()
+    assert "rank 0 holds" in log and "rank 1 holds" in log and "over 2 ranks" in log, log[-3000:]
+    assert [json.loads(line)["update"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+    saved = out / "checkpoints" / "last" / "pretrained_model"
+    reloaded = PiRLPolicy.from_pretrained(str(saved), strict=True)
+    fresh = PiRLPolicy(PiRLConfig.from_pretrained(str(saved)))
+    assert {k: v.shape for k, v in reloaded.state_dict().items()} == {k: v.shape for k, v in fresh.state_dict().items()}
 
 
 def test_shard_frozen_is_refused_where_nothing_frozen_can_be_sharded(tmp_path, monkeypatch, capsys):

@@ -25,6 +25,7 @@ Formulas: docs/concepts.md. Log-probs, ratios and advantages are float32 through
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 from collections.abc import Iterator
@@ -47,6 +48,31 @@ from .ppo_loss import explained_variance, ppo_policy_loss, value_loss
 from .rollout import Rollout
 
 logger = logging.getLogger(__name__)
+
+
+#: Key of the frozen-weights fingerprint in published weights (`frozen_fingerprint`).
+FROZEN_FINGERPRINT_KEY = "frozen_fingerprint"
+#: Elements of each frozen tensor the fingerprint reads, evenly spaced over the flattened tensor.
+FINGERPRINT_SAMPLES = 64
+
+
+def frozen_fingerprint(named: dict[str, Tensor], samples: int = FINGERPRINT_SAMPLES) -> str:
+    """A short hex digest of the weights an actor does not receive: each tensor's name, shape and `samples` evenly
+    spaced elements (as float32), in name order. Independent of device and of the process; two random
+    initialisations or two different checkpoints differ in it with near certainty, while reading a few hundred
+    numbers per tensor costs nothing even for a π0-size VLM."""
+    digest = hashlib.blake2b(digest_size=8)
+    for name in sorted(named):
+        flat = named[name].detach().reshape(-1)
+        index = torch.linspace(0, max(flat.numel() - 1, 0), min(samples, flat.numel())).round().long()
+        digest.update(f"{name}{tuple(named[name].shape)}".encode())
+        digest.update(flat[index.to(flat.device)].float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class FrozenWeightsMismatchError(ValueError):
+    """An actor's frozen weights (not published; each process loads or initialises them) differ from the
+    learner's: its chains would be scored by another policy."""
 
 
 class RatioMismatchError(RuntimeError):
@@ -145,6 +171,7 @@ class PiRLAlgorithm(RLAlgorithm):
         self.offline: OfflineBatches | None = None
         # The ranks an update is shared out over; a data-parallel learner attaches its own (`data_parallel.py`).
         self.data_parallel: DataParallel = SINGLE_PROCESS
+        self._frozen_fingerprint: str | None = None
 
     # ----------------------------------------------------------------------------------------------------------
     # Counters and optimizers
@@ -183,18 +210,35 @@ class PiRLAlgorithm(RLAlgorithm):
         buffers = {name for name, _ in self.policy.named_buffers()}
         return [k for k in self.policy.state_dict() if k in trainable or k in buffers]
 
+    def frozen_fingerprint(self) -> str:
+        """`frozen_fingerprint` of the policy's state outside `_actor_state_keys` (the frozen VLM), computed once:
+        frozen weights never change during a run. A sharded learner computes it before sharding (`setup_ranks`)."""
+        if self._frozen_fingerprint is None:
+            keep = set(self._actor_state_keys())
+            self._frozen_fingerprint = frozen_fingerprint(
+                {k: v for k, v in self.policy.state_dict().items() if k not in keep})
+        return self._frozen_fingerprint
+
     def get_weights(self) -> dict[str, Any]:
-        """What an actor needs: trainable tensors and buffers of the policy (not frozen VLM weights), versioned."""
+        """What an actor needs: trainable tensors and buffers of the policy (not frozen VLM weights), versioned,
+        with the fingerprint of the frozen weights the actor must already hold."""
         state = self.policy.state_dict()
         return {
             "policy_version": self._policy_version,
             "state_dict": {k: state[k].detach().cpu().clone() for k in self._actor_state_keys()},
+            FROZEN_FINGERPRINT_KEY: self.frozen_fingerprint(),
         }
 
     def load_weights(self, weights: dict[str, Any], device: str | torch.device = "cpu") -> None:
         """Actor side: load published weights into the policy and record their version."""
         if "state_dict" not in weights or "policy_version" not in weights:
             raise ValueError(f"weights must carry 'state_dict' and 'policy_version', got keys {sorted(weights)}")
+        theirs = weights.get(FROZEN_FINGERPRINT_KEY)
+        if theirs is not None and theirs != self.frozen_fingerprint():
+            raise FrozenWeightsMismatchError(
+                f"the learner's frozen weights (fingerprint {theirs}) differ from this actor's "
+                f"({self.frozen_fingerprint()}); only trainable weights are published, so both must load the frozen "
+                "VLM from the same policy.pretrained_path / backbone.pretrained_path (or build it from the same seed)")
         own = self.policy.state_dict()
         unknown = sorted(set(weights["state_dict"]) - set(own))
         if unknown:

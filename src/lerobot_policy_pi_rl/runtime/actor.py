@@ -31,7 +31,7 @@ import grpc
 import torch
 from torch.multiprocessing import Queue
 
-from lerobot.policies import make_policy, make_pre_post_processors
+from lerobot.policies import make_pre_post_processors
 from lerobot.rl.actor import push_transitions_to_transport_queue, receive_policy
 from lerobot.rl.queue import get_last_item_from_queue
 from lerobot.transport import services_pb2
@@ -39,7 +39,7 @@ from lerobot.transport.utils import bytes_to_state_dict, python_object_to_bytes,
 from lerobot.utils.process import ProcessSignalHandler
 from lerobot.utils.random_utils import set_seed
 
-from .config import PiRLTrainRLServerPipelineConfig, apply_torch_threads, policy_dataset_stats
+from .config import PiRLTrainRLServerPipelineConfig, apply_torch_threads, make_run_policy, policy_dataset_stats
 from .env_streams import StepResult, assign_groups, make_env_streams
 from .metrics import TimeSplit
 from .rollout_recorder import RolloutRecorder, build_recorder
@@ -410,12 +410,13 @@ def build_actor(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event=None) -> Pi
     """Assemble policy (+ algorithm, for versioned weight loading), processors, envs and transport workers."""
     from ..rl.algorithm import PiRLAlgorithm
 
-    seed = (cfg.seed or 0) + 1_000 * (cfg.actor_index + 1)
-    set_seed(seed)
     if shutdown_event is None:
         shutdown_event = ProcessSignalHandler(use_threads=True).shutdown_event
     security = client_security(cfg.security)  # a bad certificate or token path fails before any model is built
-    policy = make_policy(cfg=cfg.policy, env_cfg=cfg.env)
+    policy = make_run_policy(cfg)  # the learner's build, so the frozen weights it does not publish match
+    # This actor's own streams (exploration noise, env resets) from here on.
+    seed = (cfg.seed or 0) + 1_000 * (cfg.actor_index + 1)
+    set_seed(seed)
     policy.eval()
     algorithm = PiRLAlgorithm(policy=policy, config=cfg.algorithm)
     preprocessor, postprocessor = make_pre_post_processors(

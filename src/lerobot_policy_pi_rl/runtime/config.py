@@ -234,6 +234,18 @@ def policy_dataset_stats(cfg) -> dict[str, dict[str, torch.Tensor]] | None:
     return {k: {s: torch.as_tensor(v) for s, v in d.items()} for k, d in stats.items()}
 
 
+def make_run_policy(cfg: PiRLTrainRLServerPipelineConfig):
+    """The run's policy, built right after seeding with `cfg.seed` in every process that holds one (learner ranks
+    and actors): weights no checkpoint sets (a fresh random init, such as the debug SmolVLA's VLM) come out the
+    same everywhere. That matters because the learner publishes only trainable weights; the frozen ones must match
+    (`PiRLAlgorithm.load_weights` checks their fingerprint). Callers seed their own streams afterwards."""
+    from lerobot.policies import make_policy
+    from lerobot.utils.random_utils import set_seed
+
+    set_seed(cfg.seed)
+    return make_policy(cfg=cfg.policy, env_cfg=cfg.env)
+
+
 def apply_torch_threads(cfg: PiRLTrainRLServerPipelineConfig) -> int:
     """Set this process's torch intra-op threads from `cfg.torch_threads` (0 = auto, see the field); returns it."""
     import os

@@ -223,6 +223,7 @@ def setup_ranks(cfg, ranks: DataParallel, algorithm) -> None:
     """On every rank, at the same point, once the weights are loaded: shard the frozen weights when asked
     (`--shard_frozen`), then take rank 0's trainable state (`replicate_state`)."""
     if getattr(cfg, "shard_frozen", False):
+        algorithm.frozen_fingerprint()  # of the whole frozen weights, for the actors' check, before each rank drops most
         shard_frozen(ranks, algorithm.policy)
     replicate_state(ranks, algorithm)
 
@@ -276,13 +277,10 @@ def leave(ranks: DataParallel) -> None:
 def run_follower(cfg, ranks: DataParallel) -> int:
     """A learner rank other than 0: build the same policy and algorithm, take rank 0's state, then apply every
     update rank 0 shares until it says `Stop`."""
-    from lerobot.policies import make_policy
-    from lerobot.utils.random_utils import set_seed
-
     from ..rl.algorithm import PiRLAlgorithm
+    from .config import make_run_policy
 
-    set_seed(cfg.seed)
-    policy = make_policy(cfg=cfg.policy, env_cfg=cfg.env)
+    policy = make_run_policy(cfg)
     policy.train()
     algorithm = PiRLAlgorithm(policy=policy, config=cfg.algorithm)
     algorithm.make_optimizers_and_scheduler()

@@ -33,17 +33,16 @@ from typing import Any
 
 import torch
 
-from lerobot.policies import make_policy, make_pre_post_processors
+from lerobot.policies import make_pre_post_processors
 from lerobot.transport.utils import bytes_to_python_object, state_to_bytes
 from lerobot.utils.process import ProcessSignalHandler
-from lerobot.utils.random_utils import set_seed
 from lerobot.utils.transition import Transition
 
 from ..rl.algorithm import PiRLAlgorithm, UpdateResult
 from ..rl.data_parallel import SINGLE_PROCESS, DataParallel
 from ..rl.grpo import complete_groups
 from . import checkpoint, distributed
-from .config import PiRLTrainRLServerPipelineConfig, apply_torch_threads, policy_dataset_stats
+from .config import PiRLTrainRLServerPipelineConfig, apply_torch_threads, make_run_policy, policy_dataset_stats
 from .console import setup_logging
 from .metrics import Counters, DropCounts, EpisodeWindow, MetricsFile, console_line, update_log
 from .offline import build_offline_source
@@ -352,10 +351,9 @@ def build_learner(cfg: PiRLTrainRLServerPipelineConfig, shutdown_event=None,
     """Assemble policy, algorithm, processors, gRPC server and logger; resume if asked. With several ranks this is
     rank 0, and the other ranks take its (resumed) state before any actor can connect."""
     checkpoint.guard_output_dir(cfg)
-    set_seed(cfg.seed)
     if shutdown_event is None:
         shutdown_event = ProcessSignalHandler(use_threads=True).shutdown_event
-    policy = make_policy(cfg=cfg.policy, env_cfg=cfg.env)
+    policy = make_run_policy(cfg)  # seeds cfg.seed
     policy.train()
     algorithm = PiRLAlgorithm(policy=policy, config=cfg.algorithm)
     algorithm.make_optimizers_and_scheduler()
