@@ -171,16 +171,30 @@ def seed_result(seed_dir: Path) -> dict | None:
     return evaluation if evaluation and "success_rate" in evaluation else None
 
 
+def update_at(rows: list[dict], env_steps: int | None) -> int | None:
+    """The PPO update of the metrics row whose `rollout/interaction_steps` is `env_steps` (where
+    `env_steps_to_success` found a streak's start); None for None."""
+    if env_steps is None:
+        return None
+    return next(int(row.get("update", i + 1)) for i, row in enumerate(rows)
+                if int(row["rollout/interaction_steps"]) == env_steps)
+
+
 def cell_result(cell_dir: Path, pi_rl_stage: str) -> dict:
-    """One cell's numbers (`finished`: its evaluation is there)."""
+    """One cell's numbers (`finished`: its evaluation is there). Env steps count every step the actors took,
+    rows the learner dropped as stale included; updates count PPO updates, each on the same number of fresh rows."""
     evaluation = _read_json(cell_dir / "eval_pi_rl.json") or {}
     rows = read_metrics(cell_dir / "pi_rl" / "metrics.jsonl")
     timings = (_read_json(cell_dir / STAGES_FILE) or {}).get("timings_s", {})
     finished = "success_rate" in evaluation
+    to_success, to_lower = env_steps_to_success(rows), env_steps_to_success(rows, success=LOWER_SUCCESS)
     return {
         "finished": finished,
-        "env_steps_to_success": env_steps_to_success(rows),
-        "env_steps_to_lower": env_steps_to_success(rows, success=LOWER_SUCCESS),
+        "env_steps_to_success": to_success,
+        "env_steps_to_lower": to_lower,
+        "updates_to_success": update_at(rows, to_success),
+        "updates_to_lower": update_at(rows, to_lower),
+        "stale_rows_dropped": int(rows[-1].get("rollout/dropped_stale", 0)) if rows else None,
         "pi_rl_env_steps": last_env_steps(rows),
         "pi_rl_updates": len(rows),
         "success_rate": evaluation.get("success_rate"),
@@ -208,6 +222,9 @@ def per_ratio(cells: list[dict], ratios: list[float], seeds: list[int]) -> list[
             steps = [c[key] for c in mine if c.get(key) is not None]
             row[f"reached{suffix}"] = len(steps)
             row[f"mean_{key}"] = _mean(steps) if len(steps) == len(seeds) else None
+        for key in ("updates_to_success", "updates_to_lower"):
+            updates = [c[key] for c in mine if c.get(key) is not None]
+            row[f"mean_{key}"] = _mean(updates) if len(updates) == len(seeds) else None
         row.update(mean_success_rate=_mean([c["success_rate"] for c in mine]), mean_pi_rl_wall_s=_mean(walls))
         rows.append(row)
     for suffix, key in (("", "env_steps_to_success"), ("_lower", "env_steps_to_lower")):
@@ -268,20 +285,25 @@ def render_markdown(summary: dict) -> str:
         f"Env steps to {pct}: training-episode success (the learner's `rollout/success_rate`, its mean over the "
         f"last {EPISODE_WINDOW} training episodes; not the evaluation) >= {pct} at {REACHED_UPDATES} consecutive PPO "
         f"updates with a full window; the env steps at the first of them. `-`: not reached. The same with {low}: a "
-        "lower bar, for a speed-up figure where 90 % is not held.",
+        "lower bar, for a speed-up figure where 90 % is not held. Env steps count every step the actors took, "
+        "including rows the learner dropped as stale: actors keep stepping while the learner updates, so a slower "
+        "update (the offline rows add work) costs env steps that train nothing. Updates to a bar count PPO updates "
+        "(each on the same number of fresh rows) and do not depend on the learner's speed.",
         f"Final success: evaluation of the PI-RL policy, deterministic ODE sampling, {settings['eval_episodes']} "
         f"episodes from env seed {settings['eval_seed']}, 95 % Wilson interval.",
         "",
-        f"| ratio | seed | SFT success | env steps to {pct} | env steps to {low} | PI-RL env steps | "
-        "final success (95 % CI) | PI-RL wall time |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| ratio | seed | SFT success | env steps to {pct} | env steps to {low} | updates to {pct} | "
+        f"updates to {low} | PI-RL env steps | stale rows dropped | final success (95 % CI) | PI-RL wall time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for cell in summary["cells"]:
         sft = summary["sft"].get(str(cell["seed"]))
         lines.append(
             f"| {cell['ratio']:g} | {cell['seed']} | {format_success(sft) if sft else '-'} | "
             f"{_steps(cell['env_steps_to_success'])} | {_steps(cell.get('env_steps_to_lower'))} | "
-            f"{_steps(cell['pi_rl_env_steps']) if cell['finished'] else '-'}"
+            f"{_steps(cell.get('updates_to_success'))} | {_steps(cell.get('updates_to_lower'))} | "
+            f"{_steps(cell['pi_rl_env_steps']) if cell['finished'] else '-'} | "
+            f"{_steps(cell.get('stale_rows_dropped')) if cell['finished'] else '-'}"
             f" | {_success(cell)} | {_minutes(cell['pi_rl_wall_s']) if cell['finished'] else '-'} |"
         )
     lines += [
@@ -290,8 +312,9 @@ def render_markdown(summary: dict) -> str:
         "ratio's, > 1 means fewer env steps):",
         "",
         f"| ratio | finished | reached {pct} | mean env steps to {pct} | speed-up vs ratio 0 | reached {low} | "
-        f"mean env steps to {low} | speed-up to {low} | mean final success | mean PI-RL wall time |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"mean env steps to {low} | speed-up to {low} | mean updates to {pct} | mean updates to {low} | "
+        "mean final success | mean PI-RL wall time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary["per_ratio"]:
         speedup, speedup_low = ("-" if row[key] is None else f"{row[key]:.2f}x"
@@ -300,7 +323,8 @@ def render_markdown(summary: dict) -> str:
         lines.append(
             f"| {row['ratio']:g} | {row['finished']}/{row['seeds']} | {row['reached']}/{row['seeds']} | "
             f"{_steps(row['mean_env_steps_to_success'])} | {speedup} | {row['reached_lower']}/{row['seeds']} | "
-            f"{_steps(row['mean_env_steps_to_lower'])} | {speedup_low} | {success} | "
+            f"{_steps(row['mean_env_steps_to_lower'])} | {speedup_low} | "
+            f"{_steps(row.get('mean_updates_to_success'))} | {_steps(row.get('mean_updates_to_lower'))} | {success} | "
             f"{_minutes(row['mean_pi_rl_wall_s'])} |"
         )
     lines += ["", "```bash", summary["command"], "```", ""]

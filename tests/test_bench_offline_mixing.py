@@ -88,7 +88,7 @@ class FakeEnv:
         if (seed, ratio) in self.fail:
             raise SystemExit(f"[demo] stage 'PI-RL' failed with exit code 1 (seed {seed}, ratio {ratio})")
         before = round(10 * (1 - ratio))
-        rows = [{"update": i + 1, "rollout/interaction_steps": 100 * (i + 1),
+        rows = [{"update": i + 1, "rollout/interaction_steps": 100 * (i + 1), "rollout/dropped_stale": i // 4,
                  "rollout/success_rate": 0.5 if i < before - 3 else 0.8 if i < before else 0.95} for i in range(30)]
         (cell_dir / "pi_rl").mkdir()
         (cell_dir / "pi_rl" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -107,11 +107,14 @@ def test_comparison_table_resume_and_a_failed_cell(mixing, tmp_path, capsys):
     cells = {(c["seed"], c["ratio"]): c for c in summary["cells"]}
     assert cells[(0, 0.0)]["env_steps_to_success"] == 1100 and cells[(0, 0.5)]["env_steps_to_success"] == 600
     assert cells[(0, 0.0)]["env_steps_to_lower"] == 800 and cells[(0, 0.5)]["env_steps_to_lower"] == 300
+    assert cells[(0, 0.0)]["updates_to_success"] == 11 and cells[(0, 0.5)]["updates_to_lower"] == 3
+    assert cells[(0, 0.5)]["stale_rows_dropped"] == 7  # the last metrics row's (cumulative) count
     assert cells[(0, 0.5)]["pi_rl_wall_s"] == 120.0 and not cells[(1, 0.5)]["finished"]
     first = (out / "comparison.md").read_text()
-    assert "| 0.5 | 0 | 50.0 % [24.0, 76.0] | 600 | 300 | 3,000 | 90.0 % [60.0, 98.0] (10 ep) | 2.0 min |" in first
-    assert "| 0.5 | 1 | 50.0 % [24.0, 76.0] | - | - | - | not finished | - |" in first
-    assert "| 0.5 | 1/2 | 1/2 | - | - | 1/2 | - | - | 90.0 % | 2.0 min |" in first
+    assert ("| 0.5 | 0 | 50.0 % [24.0, 76.0] | 600 | 300 | 6 | 3 | 3,000 | 7 | 90.0 % [60.0, 98.0] (10 ep) | "
+            "2.0 min |") in first
+    assert "| 0.5 | 1 | 50.0 % [24.0, 76.0] | - | - | - | - | - | - | not finished | - |" in first
+    assert "| 0.5 | 1/2 | 1/2 | - | - | 1/2 | - | - | - | - | 90.0 % | 2.0 min |" in first
 
     # Resumed: only the failed cell runs again; the first comparison stays as it was.
     env = FakeEnv()
@@ -122,7 +125,8 @@ def test_comparison_table_resume_and_a_failed_cell(mixing, tmp_path, capsys):
     rows = {r["ratio"]: r for r in json.loads((out / "comparison_2.json").read_text())["per_ratio"]}
     assert rows[0.0]["mean_env_steps_to_success"] == 1100 and rows[0.5]["mean_env_steps_to_success"] == 600
     assert rows[0.5]["speedup_vs_ratio_0"] == pytest.approx(1100 / 600)
-    assert "| 0.5 | 2/2 | 2/2 | 600 | 1.83x | 2/2 | 300 | 2.67x | 90.0 % | 2.0 min |" in (
+    assert rows[0.5]["mean_updates_to_success"] == 6 and rows[0.0]["mean_updates_to_lower"] == 8
+    assert "| 0.5 | 2/2 | 2/2 | 600 | 1.83x | 2/2 | 300 | 2.67x | 6 | 3 | 90.0 % | 2.0 min |" in (
         out / "comparison_2.md").read_text()
 
     # Other budgets on the same directory are refused, naming what changed; nothing is written.
