@@ -1,6 +1,7 @@
 """Online/offline mixing against plain PPO, side by side on the same seeds: for each offline ratio and seed, the env
-steps until the training-episode success first holds >= 90 % for 10 consecutive updates, the final evaluation
-success (Wilson 95 % interval) and the PI-RL wall time.
+steps and PPO updates until the training-episode success first holds >= 90 % (and 70 %) for 10 consecutive
+updates, the rows the learner dropped as stale, the final evaluation success (Wilson 95 % interval) and the PI-RL
+wall time.
 
     python bench/bench_offline_mixing.py --out outputs/offline_mixing                  # PickCube, the demo's recipe
     python bench/bench_offline_mixing.py --env metaworld --task push-v3 --out outputs/offline_mixing_push
