@@ -258,6 +258,18 @@ def test_smolvla_recipe_gives_every_stage_the_same_env_options_and_its_commands_
     cfg = load_config([a for a in rl[1:] if not a.startswith("--policy.path")] + ["--policy.type=pi_rl",
                                                                                   "--policy.backbone.type=smolvla"])
     assert (cfg.env.camera, cfg.env.state_includes_cube, cfg.policy.backbone.freeze_vlm) == ("blank", True, True)
+    # Flow-Noise explores with twice the policy's default std bounds (SmolVLA's actions are MEAN_STD-normalized).
+    assert (cfg.policy.variant.type, cfg.policy.variant.min_std, cfg.policy.variant.max_std) == ("flow_noise", 0.16, 0.32)
+
+
+def test_smolvla_recipe_widens_only_flow_noise_and_flow_mlp_keeps_the_policy_defaults(tmp_path, monkeypatch):
+    commands = {}
+    monkeypatch.setattr(pipeline, "run_stage", lambda settings, name, argv, env=None: commands.update({name: argv}))
+    rl_stage = "PI-RL (lerobot-pi-rl-train: learner + actors over gRPC)"
+    for i, argv in enumerate((["--backbone", "smolvla", "--variant", "flow_sde"], ["--variant", "flow_noise"])):
+        settings = pipeline.parse_args([*argv, "--run_dir", str(tmp_path / f"run{i}")])
+        pipeline.pi_rl(settings, tmp_path / "sft")
+        assert not [a for a in commands[rl_stage] if "_std=" in a], (argv, commands[rl_stage])
 
 
 def test_env_flags_for_the_scripts_and_for_lerobot_pi_rl_train():

@@ -110,6 +110,7 @@ def pi_rl(settings: DemoSettings, sft_model: Path, demos: Path | None = None) ->
             "--policy.device=cpu",
             *settings.recipe.rl_policy_args,
             f"--policy.variant.type={settings.variant}",
+            *settings.recipe.rl_variant_args.get(settings.variant, ()),
             *(
                 [
                     f"--policy.variant.noise_level={settings.noise_level}",

@@ -21,6 +21,8 @@ class BackboneRecipe:
     sft_policy_args: tuple[str, ...]
     # Extra `lerobot-pi-rl-train` flags on top of the SFT checkpoint's config.
     rl_policy_args: tuple[str, ...]
+    # More of them for one exploration variant only (after `--policy.variant.type`).
+    rl_variant_args: dict[str, tuple[str, ...]]
     # PickCube observation options (`--env.<name>` for PI-RL, `--<name>` for recording and evaluation).
     env_options: dict[str, object]
     sft_steps: int
@@ -40,6 +42,7 @@ BACKBONE_RECIPES: dict[str, BackboneRecipe] = {
     "flow_mlp": BackboneRecipe(
         sft_policy_args=("--policy.type=pi_rl", "--policy.backbone.type=flow_mlp"),
         rl_policy_args=(),
+        rl_variant_args={},
         env_options={},
         sft_steps=800,
         sft_batch_size=64,
@@ -62,6 +65,12 @@ BACKBONE_RECIPES: dict[str, BackboneRecipe] = {
             "--policy.backbone.freeze_vlm=false",
         ),
         rl_policy_args=("--policy.backbone.freeze_vlm=true",),
+        # Flow-Noise's std bounds (the policy's 0.08-0.16, the midpoint 0.12 where the noise head starts) are in
+        # normalized action units. flow_mlp normalizes actions to [-1, 1] (MIN_MAX); SmolVLA's processors use
+        # MEAN_STD, and PickCube's action std (0.44-0.68) is about half its half-range (0.8-1.0), so the same
+        # bounds explored with half the noise. Twice the bounds restore flow_mlp's noise in env units: training
+        # success passed the 0.8 it had levelled off at (docs/measurements.md).
+        rl_variant_args={"flow_noise": ("--policy.variant.min_std=0.16", "--policy.variant.max_std=0.32")},
         env_options={"state_includes_cube": True, "camera": "blank", "camera_size": 32},
         # SFT success after 100/200/300/400/800 steps: 3/14/19/50/91 % (the debug SmolVLA fits the 20 demos fast).
         sft_steps=400,
