@@ -259,7 +259,8 @@ def test_smolvla_recipe_gives_every_stage_the_same_env_options_and_its_commands_
                                                                                   "--policy.backbone.type=smolvla"])
     assert (cfg.env.camera, cfg.env.state_includes_cube, cfg.policy.backbone.freeze_vlm) == ("blank", True, True)
     # Flow-Noise explores with twice the policy's default std bounds (SmolVLA's actions are MEAN_STD-normalized).
-    assert (cfg.policy.variant.type, cfg.policy.variant.min_std, cfg.policy.variant.max_std) == ("flow_noise", 0.16, 0.32)
+    variant = cfg.policy.variant
+    assert (variant.type, variant.min_std, variant.max_std) == ("flow_noise", 0.16, 0.32)
 
 
 def test_smolvla_recipe_widens_only_flow_noise_and_flow_mlp_keeps_the_policy_defaults(tmp_path, monkeypatch):

@@ -104,8 +104,8 @@ class FlowNoiseConfig(VariantConfig):
     """Flow-Noise: a learned noise head adds per-element Gaussian noise at every denoise step."""
 
     # Lower bound of the learned per-element std (reference 0.08). Both bounds are in normalized action units:
-    # [-1, 1] for flow_mlp (MIN_MAX); a VLA backbone's processors decide there (SmolVLA and pi0: MEAN_STD, a unit
-    # std, which is less noise in env units wherever an action's std is below its half-range; pi05: quantiles).
+    # [-1, 1] for flow_mlp (MIN_MAX); for a VLA backbone, the units its processors normalize to (SmolVLA and pi0:
+    # MEAN_STD, which is less noise in env units wherever an action's std is below its half-range; pi05: quantiles).
     min_std: float = 0.08
     # Upper bound of the learned per-element std (reference 0.16).
     max_std: float = 0.16

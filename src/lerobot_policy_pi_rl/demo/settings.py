@@ -65,7 +65,7 @@ BACKBONE_RECIPES: dict[str, BackboneRecipe] = {
             "--policy.backbone.freeze_vlm=false",
         ),
         rl_policy_args=("--policy.backbone.freeze_vlm=true",),
-        # Flow-Noise's std bounds (the policy's 0.08-0.16, the midpoint 0.12 where the noise head starts) are in
+        # Flow-Noise's std bounds (the policy's 0.08-0.16; the noise head starts near 0.11 and stays there) are in
         # normalized action units. flow_mlp normalizes actions to [-1, 1] (MIN_MAX); SmolVLA's processors use
         # MEAN_STD, and PickCube's action std (0.44-0.68) is about half its half-range (0.8-1.0), so the same
         # bounds explored with half the noise. Twice the bounds restore flow_mlp's noise in env units: training
