@@ -99,6 +99,9 @@ class PiRLActor:
         self.training_done = False
         self.weights_applied = 0
         self.chunks_sent = 0
+        # Rows sent with the current policy version (back-pressure, `wait_while_ahead`).
+        self.rows_this_version = 0
+        self.waits_for_weights = 0
         self.env_steps = 0
         self.episodes = 0
         self.stream_ids = [cfg.actor_index * STREAM_STRIDE + i for i in range(len(streams))]
@@ -132,6 +135,7 @@ class PiRLActor:
         while not self.should_stop():
             with clock("weights"):
                 self.apply_new_weights()
+                self.wait_while_ahead()
             if self.training_done:
                 break
             with clock("sampling"):
@@ -164,10 +168,30 @@ class PiRLActor:
             self.apply_new_weights(block=True)
         return True
 
+    def wait_while_ahead(self) -> None:
+        """Back-pressure: after a whole rollout's rows (`algorithm.rollout_chunks`) with the current weights, wait for
+        the next ones, for at most `actor_wait_for_weights_s` (then send another rollout's worth and wait again), so
+        that an actor faster than the learner does not bury it in rows that age out unread. A rollout per actor, not
+        a share of one: any one actor can still fill the learner's rollout, so a lost actor or dropped rows never
+        stall the run. GRPO never waits: it takes complete groups only, which can span more than one rollout."""
+        cap, timeout = self.cfg.algorithm.rollout_chunks, self.cfg.actor_wait_for_weights_s
+        if self.rows_this_version < cap or timeout <= 0 or self.group_size > 1:
+            return
+        self.waits_for_weights += 1
+        version, deadline = self.algorithm.policy_version, time.monotonic() + timeout
+        while self.algorithm.policy_version == version and time.monotonic() < deadline and not self.should_stop():
+            self.apply_new_weights(block=True)
+        if self.algorithm.policy_version == version:
+            self.rows_this_version = 0
+            if not self.should_stop():
+                logger.info("[ACTOR] no new weights %.0f s after a rollout's %d rows with version %d: sending more",
+                            timeout, cap, version)
+
     def apply_new_weights(self, block: bool = False) -> None:
         message = get_last_item_from_queue(self.workers.parameters, block=block, timeout=0.2)
         if message is None:
             return
+        self.rows_this_version = 0
         weights = bytes_to_state_dict(message)
         self.algorithm.load_weights(weights, device=self.device)  # also policy.reset()
         self.session = int(weights[LEARNER_SESSION_KEY])
@@ -234,6 +258,7 @@ class PiRLActor:
             self.chunk_index[i] += 1
         push_transitions_to_transport_queue(transitions, self.workers.transitions)
         self.chunks_sent += len(transitions)
+        self.rows_this_version += len(transitions)
 
     def group_id(self, i: int) -> int:
         """GRPO group of env i's current episode (-1 when not grouping): its group's first stream id and the
@@ -457,8 +482,9 @@ def run_actor(cfg: PiRLTrainRLServerPipelineConfig) -> int:
     finally:
         actor.close()
     logger.info(
-        "[ACTOR] done: %d chunks, %d env steps, %d episodes, %d weight updates applied, %.1f env steps/s",
-        actor.chunks_sent, actor.env_steps, actor.episodes, actor.weights_applied,
+        "[ACTOR] done: %d chunks, %d env steps, %d episodes, %d weight updates applied, %d waits for weights after "
+        "a full rollout, %.1f env steps/s",
+        actor.chunks_sent, actor.env_steps, actor.episodes, actor.weights_applied, actor.waits_for_weights,
         actor.env_steps / max(time.perf_counter() - t0, 1e-9),
     )
     split = actor.time_split.summary()

@@ -58,6 +58,13 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
     reconnect_timeout_s: float = 120.0
     # Actor: stop after this many chunk steps per env (0 = run until the learner says training is done).
     actor_max_chunks: int = 0
+    # Actor back-pressure (GAE advantages): once an actor has sent `algorithm.rollout_chunks` rows with one policy
+    # version (a whole rollout on its own), it waits for the learner's next weights, for at most this many seconds,
+    # then sends another rollout's worth. Without it, actors faster than the learner's updates queue up rows that
+    # age past `algorithm.staleness` before the learner reads them: on MetaWorld button-press-topdown the learner
+    # dropped 4 of every 5 rows unread by update 100 and waited 8 s per update for fresh ones. 0 never waits. GRPO
+    # runs never wait (a group's rows can span more than one rollout).
+    actor_wait_for_weights_s: float = 30.0
     # Torch intra-op CPU threads of each process (learner, every actor). 0 = auto: the machine's cores shared
     # by the learner and the `num_actors` actors (cores // (num_actors + 1), at least 1), so the processes of a
     # one-machine run do not oversubscribe the CPU (busy-waiting OpenMP threads slow every env step).
@@ -128,6 +135,8 @@ class PiRLTrainRLServerPipelineConfig(TrainRLServerPipelineConfig):
             f"actor_index={self.actor_index} must be < num_actors={self.num_actors}",
         )
         require(self.reconnect_timeout_s > 0, f"reconnect_timeout_s={self.reconnect_timeout_s} must be > 0")
+        require(self.actor_wait_for_weights_s >= 0,
+                f"actor_wait_for_weights_s={self.actor_wait_for_weights_s} must be >= 0")
         if self.env.type == "gym_manipulator":
             require(self.n_envs == 1, f"n_envs={self.n_envs}: env.type=gym_manipulator drives one robot, use 1")
         port = self.policy.actor_learner_config.learner_port
