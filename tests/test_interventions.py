@@ -115,7 +115,8 @@ def run_actor(stream, learner_policy, chunks: int) -> tuple[list, list[dict]]:
     weights = PiRLAlgorithm(learner_policy, PiRLAlgorithmConfig(policy_config=policy_cfg)).get_weights()
     weights[LEARNER_SESSION_KEY], weights[TRAINING_DONE_KEY] = 7, False
     workers.parameters.put(state_to_bytes(weights))
-    cfg = SimpleNamespace(policy=policy_cfg, algorithm=algorithm_cfg, actor_index=0, actor_max_chunks=chunks)
+    cfg = SimpleNamespace(policy=policy_cfg, algorithm=algorithm_cfg, actor_index=0, actor_max_chunks=chunks,
+                          actor_wait_for_weights_s=30.0)
     actor = PiRLActor(cfg, policy, algorithm, pre, post, [stream], workers, threading.Event())
     assert actor.run() == 0
     transitions = []

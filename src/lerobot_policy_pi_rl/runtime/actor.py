@@ -174,9 +174,10 @@ class PiRLActor:
         that an actor faster than the learner does not bury it in rows that age out unread. A rollout per actor, not
         a share of one: any one actor can still fill the learner's rollout, so a lost actor or dropped rows never
         stall the run. GRPO never waits: it takes complete groups only, which can span more than one rollout."""
-        cap, timeout = self.cfg.algorithm.rollout_chunks, self.cfg.actor_wait_for_weights_s
-        if self.rows_this_version < cap or timeout <= 0 or self.group_size > 1:
+        cap = self.cfg.algorithm.rollout_chunks
+        if self.rows_this_version < cap or self.group_size > 1 or self.cfg.actor_wait_for_weights_s <= 0:
             return
+        timeout = self.cfg.actor_wait_for_weights_s
         self.waits_for_weights += 1
         version, deadline = self.algorithm.policy_version, time.monotonic() + timeout
         while self.algorithm.policy_version == version and time.monotonic() < deadline and not self.should_stop():
