@@ -136,3 +136,15 @@ def test_actor_sends_another_rollout_when_no_weights_come_and_never_waits_with_g
         assert result == {"code": 0}, (wait_s, group_size)
         assert actor.waits_for_weights == 0
         assert versions(received(workers, [], 3 * ROLLOUT, timeout=1.0)) == [1] * 3 * ROLLOUT
+
+
+@pytest.mark.slow
+def test_weights_with_the_same_version_end_the_wait():
+    # A learner restarted from a checkpoint publishes that checkpoint's version again: the actor must carry on.
+    actor, workers, publish, thread, result = start_actor(max_chunks=4, wait_s=30.0)
+    rows = received(workers, [], ROLLOUT)
+    publish(1)
+    thread.join(timeout=10)
+    assert result == {"code": 0}, "the actor still waited for weights it had been sent"
+    assert versions(received(workers, rows, 2 * ROLLOUT, timeout=1.0)) == [1] * 2 * ROLLOUT
+    assert actor.waits_for_weights == 1

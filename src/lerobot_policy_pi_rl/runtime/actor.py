@@ -179,14 +179,16 @@ class PiRLActor:
             return
         timeout = self.cfg.actor_wait_for_weights_s
         self.waits_for_weights += 1
-        version, deadline = self.algorithm.policy_version, time.monotonic() + timeout
-        while self.algorithm.policy_version == version and time.monotonic() < deadline and not self.should_stop():
+        # Any weights message ends the wait, also one with the same version number (a learner restarted from a
+        # checkpoint publishes that checkpoint's version again, in a new session).
+        applied, deadline = self.weights_applied, time.monotonic() + timeout
+        while self.weights_applied == applied and time.monotonic() < deadline and not self.should_stop():
             self.apply_new_weights(block=True)
-        if self.algorithm.policy_version == version:
+        if self.weights_applied == applied:
             self.rows_this_version = 0
             if not self.should_stop():
                 logger.info("[ACTOR] no new weights %.0f s after a rollout's %d rows with version %d: sending more",
-                            timeout, cap, version)
+                            timeout, cap, self.algorithm.policy_version)
 
     def apply_new_weights(self, block: bool = False) -> None:
         message = get_last_item_from_queue(self.workers.parameters, block=block, timeout=0.2)
