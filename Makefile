@@ -41,8 +41,12 @@ $(STAMP): pyproject.toml
 
 venv: system-deps $(STAMP)
 
+# Two pytest workers: most of the slow tests wait on subprocesses (learner, actors, `lerobot-train`) that each import
+# torch and LeRobot, so one worker keeps only one of two cores busy (on a slow 2-core machine: 27 minutes, against
+# about 41 with one). TEST_WORKERS=0 runs everything in this process; more workers suit more cores.
+TEST_WORKERS ?= 2
 test: venv
-	$(PY) -m pytest -q -p no:cacheprovider --durations=25 tests
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --durations=25 tests
 
 # make demo BACKBONE=smolvla (LeRobot's SmolVLA at debug size instead of the small flow policy); VARIANT=flow_sde
 # or flow_noise (default: the backbone's); DEMO_ARGS passes any other demo flag.
