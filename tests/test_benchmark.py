@@ -178,7 +178,7 @@ def test_single_task_commands(tmp_path):
                  "--env.type=pi_rl_metaworld", "--env.task=push-v3", "--algorithm.type=pi_rl",
                  "--algorithm.actor_lr=3e-06", "--algorithm.rollout_chunks=256", "--algorithm.minibatch_size=64",
                  "--algorithm.update_epochs=4", "--algorithm.critic_lr=0.001", "--algorithm.critic_warmup_updates=0",
-                 "--num_updates=100", "--n_envs=8", "--num_actors=2", "--seed=7", "--wandb.enable=false",
+                 "--num_updates=250", "--n_envs=8", "--num_actors=2", "--seed=7", "--wandb.enable=false",
                  "--env.episode_length=150",
                  f"--output_dir={d / 'pi_rl'}"):
         assert flag in rl, flag
@@ -393,10 +393,10 @@ def test_a_scaled_run_is_labelled_as_not_the_benchmark_recipe(tmp_path):
     assert _run(argv, FakeStages()) == 0
     text = (run_dir / "report.md").read_text()
     assert ("**Not the benchmark recipe**: changed on the command line, for every task: `demo_episodes` 10 -> 2, "
-            "`sft_steps` 1000 -> 5, `rl_updates` 100 -> 1, `eval_episodes` 100 -> 4.") in text
+            "`sft_steps` 1000 -> 5, `rl_updates` 250 -> 1, `eval_episodes` 100 -> 4.") in text
     assert "(2/4)" in text  # the intervals come from the evaluations' own episode counts
     assert json.loads((run_dir / "report.json").read_text())["recipe_changes"]["rl_updates"] == {
-        "default": 100, "used": 1}
+        "default": 250, "used": 1}
 
 
 def test_a_run_takes_its_report_name_before_the_first_stage(tmp_path):
@@ -438,7 +438,7 @@ def test_multitask_run_trains_one_policy_and_reports_per_task(tmp_path):
     assert all("--env.task_one_hot=true" in argv for _, name, argv in fake.calls if name != commands.TITLES["sft"])
     text = (run_dir / "report.md").read_text()
     assert "Multi-task mode: ONE policy trained on all 2 tasks" in text
-    assert "this 2-task policy trains 2000 SFT steps and 200 PI-RL updates (2 times the recipe's)" in text
+    assert "this 2-task policy trains 2000 SFT steps and 500 PI-RL updates (2 times the recipe's)" in text
     assert "| push-v3 | 40.0 % [30.9, 49.8] (40/100) | 70.0 % [60.4, 78.1] (70/100) | +30.0 | shared | shared |" in text
     assert "| +20.0 (mean) | shared | shared |" in text
     assert "The one multi-task policy: 3000 PI-RL env steps over all tasks" in text
