@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -271,6 +272,21 @@ def test_smolvla_recipe_widens_only_flow_noise_and_flow_mlp_keeps_the_policy_def
         settings = pipeline.parse_args([*argv, "--run_dir", str(tmp_path / f"run{i}")])
         pipeline.pi_rl(settings, tmp_path / "sft")
         assert not [a for a in commands[rl_stage] if "_std=" in a], (argv, commands[rl_stage])
+
+
+def test_the_demos_pi_rl_command_carries_every_ppo_setting(tmp_path, monkeypatch):
+    """What the demo's settings say is what the learner parses: each PPO value set away from its default."""
+    from lerobot_policy_pi_rl.runtime.cli import load_config
+
+    commands = {}
+    monkeypatch.setattr(pipeline, "run_stage", lambda settings, name, argv, env=None: commands.update({name: argv}))
+    ppo = {"rollout_chunks": 96, "actor_lr": 2e-5, "critic_lr": 5e-4, "update_epochs": 3, "critic_warmup_updates": 2,
+           "minibatch_size": 48}
+    settings = dataclasses.replace(pipeline.parse_args(["--run_dir", str(tmp_path / "run")]), **ppo)
+    pipeline.pi_rl(settings, tmp_path / "sft")
+    (argv,) = commands.values()
+    cfg = load_config([a for a in argv[1:] if not a.startswith("--policy.path")] + ["--policy.type=pi_rl"])
+    assert {name: getattr(cfg.algorithm, name) for name in ppo} == ppo
 
 
 def test_env_flags_for_the_scripts_and_for_lerobot_pi_rl_train():

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..demo.stages import console_script
+from ..demo.stages import console_script, ppo_flags
 from .recipe import BenchmarkRecipe, multitask_n_envs, unit_rl_updates, unit_sft_steps
 
 ENV_TYPE = "pi_rl_metaworld"
@@ -122,12 +122,9 @@ def pi_rl_command(recipe: BenchmarkRecipe, unit: Unit, seed: int, port: int | No
         f"--env.episode_length={recipe.train_episode_length}",
         f"--policy.actor_learner_config.learner_port={port}",
         "--algorithm.type=pi_rl",
-        f"--algorithm.rollout_chunks={recipe.rollout_chunks}",
-        f"--algorithm.actor_lr={recipe.actor_lr}",
-        f"--algorithm.critic_lr={recipe.critic_lr}",
-        f"--algorithm.update_epochs={recipe.update_epochs}",
-        f"--algorithm.critic_warmup_updates={recipe.critic_warmup_updates}",
-        f"--algorithm.minibatch_size={recipe.minibatch_size}",
+        *ppo_flags(rollout_chunks=recipe.rollout_chunks, actor_lr=recipe.actor_lr, critic_lr=recipe.critic_lr,
+                   update_epochs=recipe.update_epochs, critic_warmup_updates=recipe.critic_warmup_updates,
+                   minibatch_size=recipe.minibatch_size),
         f"--num_updates={unit_rl_updates(recipe, len(unit.tasks))}",
         f"--n_envs={n_envs(recipe, unit)}",
         f"--num_actors={recipe.num_actors}",

@@ -33,7 +33,7 @@ from pathlib import Path
 from ..runtime.console import console_level
 from .report import format_success, last_env_steps, read_evals, read_metrics, rebuild_report, write_report
 from .settings import ADVANTAGES, BACKBONE_RECIPES, BACKBONES, VARIANTS, DemoSettings, env_flags
-from .stages import console_script, evaluate, quiet_datasets_env, run_recording_stage, run_stage
+from .stages import console_script, evaluate, ppo_flags, quiet_datasets_env, run_recording_stage, run_stage
 
 SAC_BASELINE_MODULE = "lerobot_policy_pi_rl.baselines.sac"
 # The repo id of the demonstration dataset (a local folder: the id only names it), for SFT and the offline source.
@@ -125,12 +125,9 @@ def pi_rl(settings: DemoSettings, sft_model: Path, demos: Path | None = None) ->
             "--algorithm.type=pi_rl",
             f"--algorithm.advantage.type={settings.advantage}",
             *([f"--algorithm.advantage.group_size={settings.grpo_group_size}"] if settings.advantage == "grpo" else []),
-            f"--algorithm.rollout_chunks={settings.rollout_chunks}",
-            f"--algorithm.actor_lr={settings.actor_lr}",
-            f"--algorithm.critic_lr={settings.critic_lr}",
-            f"--algorithm.update_epochs={settings.update_epochs}",
-            f"--algorithm.critic_warmup_updates={settings.critic_warmup_updates}",
-            f"--algorithm.minibatch_size={settings.minibatch_size}",
+            *ppo_flags(rollout_chunks=settings.rollout_chunks, actor_lr=settings.actor_lr,
+                       critic_lr=settings.critic_lr, update_epochs=settings.update_epochs,
+                       critic_warmup_updates=settings.critic_warmup_updates, minibatch_size=settings.minibatch_size),
             *offline_flags(settings.offline_ratio, settings.offline_loss_weight, repo_id=DEMO_REPO_ID,
                            root=demos or settings.run_dir / "demos"),
             f"--num_updates={settings.rl_updates}",

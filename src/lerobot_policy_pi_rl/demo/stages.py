@@ -49,6 +49,20 @@ def console_script(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+def ppo_flags(*, rollout_chunks: int, actor_lr: float, critic_lr: float, update_epochs: int,
+              critic_warmup_updates: int, minibatch_size: int) -> list[str]:
+    """`lerobot-pi-rl-train`'s PPO hyperparameters as flags: the one list every pipeline that builds a PI-RL command
+    (the demo, the benchmark) passes, in one order."""
+    return [
+        f"--algorithm.rollout_chunks={rollout_chunks}",
+        f"--algorithm.actor_lr={actor_lr}",
+        f"--algorithm.critic_lr={critic_lr}",
+        f"--algorithm.update_epochs={update_epochs}",
+        f"--algorithm.critic_warmup_updates={critic_warmup_updates}",
+        f"--algorithm.minibatch_size={minibatch_size}",
+    ]
+
+
 def save_stages(settings: DemoSettings) -> None:
     """Write the commands and stage wall times run so far to `<run_dir>/stages.json` (after every stage), so the
     report can be rebuilt (`--report_only`) when a later stage fails or is interrupted."""
