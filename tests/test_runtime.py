@@ -399,7 +399,10 @@ def test_learner_actor_train_checkpoint_kill_and_resume(tmp_path):
     from safetensors.torch import load_file
 
     port, out = free_port(), tmp_path / "run"
-    args = tiny_args(port, out, num_updates=4, checkpoint_every_updates=2, reconnect_timeout_s=90)
+    # The kill comes right after the first checkpoint, but a fast machine may write more before it lands: the resume
+    # is checked against whichever checkpoint `last` holds then, with updates left to run after it.
+    n = 8
+    args = tiny_args(port, out, num_updates=n, checkpoint_every_updates=2, reconnect_timeout_s=90)
     logs = tmp_path
     learner = subprocess.Popen([sys.executable, "-m", "lerobot_policy_pi_rl.runtime.learner", *args], env=ENV,
                                stdout=open(logs / "learner1.log", "w"), stderr=subprocess.STDOUT)
@@ -410,9 +413,11 @@ def test_learner_actor_train_checkpoint_kill_and_resume(tmp_path):
         ckpt2 = out / "checkpoints" / "000002"
         _wait_for(lambda: (ckpt2 / "training_state" / "training_step.json").exists()
                   and (out / "checkpoints" / "last").exists(), 240, "checkpoint 2", learner)
-        time.sleep(0.5)
+        # `last` is swapped only after a checkpoint is whole (written aside, then renamed): checkpoint 2 is complete.
         learner.send_signal(signal.SIGKILL)
         learner.wait(timeout=10)
+        killed_at = int((out / "checkpoints" / "last").resolve().name)
+        assert 2 <= killed_at < n, f"the learner reached checkpoint {killed_at} of {n} before the kill"
         for rel in ("pretrained_model/config.json", "pretrained_model/model.safetensors",
                     "pretrained_model/train_config.json", "algorithm/model.safetensors", "algorithm/config.json",
                     "training_state/rng_state.safetensors", "training_state/actor", "training_state/critic"):
@@ -431,18 +436,20 @@ def test_learner_actor_train_checkpoint_kill_and_resume(tmp_path):
             if p is not None and p.poll() is None:
                 p.kill()
     log2 = (logs / "learner2.log").read_text()
-    assert re.search(r"resumed from .*000002: update 2, version 2", log2), log2[-3000:]
-    assert "update 3/4" in log2 and "update 4/4" in log2 and "update 1/4" not in log2
+    k = killed_at
+    assert re.search(rf"resumed from .*{k:06d}: update {k}, version {k}", log2), log2[-3000:]
+    assert f"update {k + 1}/{n}" in log2 and f"update {n}/{n}" in log2 and f"update {k}/{n}" not in log2
+    assert "update 1/" not in log2
     import json
 
-    step4 = json.loads((out / "checkpoints" / "000004" / "training_state" / "training_step.json").read_text())
-    assert step4["step"] == 4 and step4["policy_version"] == 4 and step4["interaction_step"] > 0
+    step_n = json.loads((out / "checkpoints" / f"{n:06d}" / "training_state" / "training_step.json").read_text())
+    assert step_n["step"] == n and step_n["policy_version"] == n and step_n["interaction_step"] > 0
     actor_log = (logs / "actor.log").read_text()
     assert "reconnecting" in actor_log
     assert "(training done)" in actor_log
 
     # In process: a resumed learner holds exactly the checkpoint's parameters, optimizer moments and RNG states.
-    cfg = load_config(tiny_args(free_port(), out, num_updates=4, resume="true"))
+    cfg = load_config(tiny_args(free_port(), out, num_updates=n, resume="true"))
     resumed = build_learner(cfg, shutdown_event=threading.Event())
     try:
         last = out / "checkpoints" / "last"
@@ -451,7 +458,7 @@ def test_learner_actor_train_checkpoint_kill_and_resume(tmp_path):
         assert set(saved) <= set(own)
         for k, v in saved.items():
             assert torch.equal(own[k], v), k
-        assert resumed.algorithm.policy_version == 4 and resumed.counters.updates == 4
+        assert resumed.algorithm.policy_version == n and resumed.counters.updates == n
         for name, opt in resumed.algorithm.get_optimizers().items():
             state = opt.state_dict()["state"]
             on_disk = load_optimizer_state_dict(last / "training_state" / name)["state"]
