@@ -212,8 +212,8 @@ def test_eight_scripted_actors_and_a_real_one_lose_and_duplicate_nothing_through
     assert real_rows == [(SCRIPTED * S.STREAM_STRIDE + env, i) for env in range(2) for i in range(REAL_CHUNKS)]
     # Scripted actors: a message is whole or absent (all N_ENVS rows); the only losses are messages in flight at
     # restart 2 (at most the one being sent and the one gRPC was handed when the client saw the drop): queued in
-    # the third phase before the new server was up, never after. An actor that finished its sends before the drop
-    # may lose its last message that way: it was still in flight.
+    # the third phase before the new server was up, never after; so never an actor's last message, which comes
+    # after it (asserted).
     lost = {}
     for a in actors:
         by_seq = collections.Counter(idx for sid, idx in counts if sid // S.STREAM_STRIDE == a.index)
