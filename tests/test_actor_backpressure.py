@@ -143,6 +143,12 @@ def test_weights_with_the_same_version_end_the_wait():
     # A learner restarted from a checkpoint publishes that checkpoint's version again: the actor must carry on.
     actor, workers, publish, thread, result = start_actor(max_chunks=4, wait_s=30.0)
     rows = received(workers, [], ROLLOUT)
+    # Publish once the actor waits: the rows can arrive before it enters the wait, and weights that came earlier
+    # would end no wait at all.
+    deadline = time.monotonic() + 10
+    while actor.waits_for_weights == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert actor.waits_for_weights == 1, "the actor did not wait after a rollout's rows"
     publish(1)
     thread.join(timeout=10)
     assert result == {"code": 0}, "the actor still waited for weights it had been sent"
