@@ -5,7 +5,9 @@ its multi-machine layout.
 PATH): a job step starts its `--ntasks` tasks on this machine with `SLURM_PROCID` set and node placement ignored,
 every node is `localhost`, `scontrol requeue` is recorded. The job is a tiny flow_mlp PickCube run: 2 gloo learner
 ranks, 2 actors, TLS with a certificate made here for a name other than the host the actors dial, and a token.
-It is stopped by its time-limit signal after a checkpoint, requeued, and started again: the second start resumes.
+It is stopped by its time-limit signal after a checkpoint, requeued, and started again: the second start resumes,
+with one actor held back until the learner has finished (the script then stops it). A job whose actors fail at
+start-up stops its learner and fails instead of waiting for rollouts.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "slurm" / "pi_rl.sbatch"
 JOB_ID = "4242"
 SERVER_NAME = "pi-rl-learner"
-# Bounds for a slow, shared CPU (a free 2-core machine needs a fraction of them).
-TIMEOUT = 900
+# Bounds for a slow, shared CPU (a free 2-core machine needs a fraction of them): a job's waits all come out of one
+# budget below pytest's per-test timeout, so a stuck job fails with its logs. Actors retry for longer than that:
+# only the script's own rules end a job here.
+BUDGET_S = 600
+RECONNECT_S = 900
 
 FAKE_SRUN = '''#!{python}
 """srun inside an allocation, on one machine: the step's tasks are local processes; placement is ignored."""
-import os, signal, subprocess, sys
+import os, signal, socket, subprocess, sys, time
 
 WITH_VALUE = {{"--nodes", "--ntasks", "--ntasks-per-node", "--nodelist", "--exclude", "--cpus-per-task", "--gres",
               "--gpus-per-task"}}
@@ -47,16 +52,37 @@ while args and args[0].startswith("-"):
         ntasks = int(value)
 with open(os.environ["FAKE_SLURM_LOG"], "a") as log:
     log.write("srun " + " ".join(sys.argv[1:len(sys.argv) - len(args)]) + "\\n")
-tasks = [subprocess.Popen(args, env={{**os.environ, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i),
-                                      "SLURM_NTASKS": str(ntasks)}}) for i in range(ntasks)]
+# Test control, not Slurm: FAKE_SRUN_HOLD="<task>:<file>:<port>" starts that task of a multi-task step only once
+# <file> exists and nothing listens on <port> (a late node: the learner that wrote <file> has exited).
+held, hold_file, hold_port = (os.environ.get("FAKE_SRUN_HOLD") or "-1::0").split(":")
+held = int(held) if ntasks > 1 else -1
+stopped = []
+
+def start(i):
+    return subprocess.Popen(args, env={{**os.environ, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i),
+                                        "SLURM_NTASKS": str(ntasks)}})
 
 def forward(sig, _frame):
+    stopped.append(sig)
     for task in tasks:
         if task.poll() is None:
             task.send_signal(sig)
 
+def listening(port):
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+tasks = []
 signal.signal(signal.SIGTERM, forward)
 signal.signal(signal.SIGINT, forward)
+tasks.extend(start(i) for i in range(ntasks) if i != held)
+if held >= 0:
+    while not stopped and not (os.path.exists(hold_file) and not listening(int(hold_port))):
+        time.sleep(0.2)
+    if not stopped:
+        with open(os.environ["FAKE_SLURM_LOG"], "a") as log:
+            log.write(f"late task {{held}}\\n")
+        tasks.append(start(held))
 codes = [task.wait() for task in tasks]
 sys.exit(next((c if c > 0 else 128 - c for c in codes if c), 0))
 '''
@@ -109,78 +135,121 @@ def kill_job(job: subprocess.Popen) -> None:
     job.wait()
 
 
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        assert proc.poll() is None, f"the job exited with {proc.returncode} while waiting for {what}"
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+class Budget:
+    """One deadline for every wait of a test; a wait that runs out fails with the job's output and logs."""
+
+    def __init__(self, folder: Path, seconds: float = BUDGET_S):
+        self.folder, self.deadline = folder, time.monotonic() + seconds
+
+    def left(self) -> float:
+        return max(self.deadline - time.monotonic(), 0.0)
+
+    def fail(self, what: str) -> None:
+        tails = []
+        for path in sorted(self.folder.glob("job*.out")) + sorted(self.folder.glob("*/logs/*")):
+            tails.append(f"--- {path.relative_to(self.folder)}\n{path.read_text(errors='replace')[-1500:]}")
+        raise AssertionError(f"{what}\n" + "\n".join(tails))
+
+    def until(self, predicate, what: str, job: subprocess.Popen) -> None:
+        while self.left() > 0:
+            if predicate():
+                return
+            if job.poll() is not None:
+                self.fail(f"the job exited with {job.returncode} while waiting for {what}")
+            time.sleep(0.1)
+        self.fail(f"timed out waiting for {what}")
+
+    def exit_code(self, job: subprocess.Popen, what: str) -> int:
+        try:
+            return job.wait(timeout=self.left())
+        except subprocess.TimeoutExpired:
+            self.fail(f"{what} still running when the test's budget ran out")
+            raise
 
 
-def test_slurm_script_trains_is_requeued_at_its_time_limit_and_resumes(tmp_path):
+def slurm_env(tmp_path: Path, **settings: str) -> dict[str, str]:
+    """The job's environment: the tiny run, its TLS material and token, fake Slurm first on PATH."""
     cert, key = self_signed(tmp_path / "tls", dns=[SERVER_NAME], ips=[])
     token = tmp_path / "tls" / "token"
     token.write_text(os.urandom(16).hex() + "\n")
     config = tmp_path / "run.json"
     config.write_text(json.dumps(TINY_CONFIG))
-    out, log = tmp_path / "run", tmp_path / "slurm.log"
-    env = {
-        **ENV, "PATH": f"{fake_slurm(tmp_path)}{os.pathsep}{ENV['PATH']}", "FAKE_SLURM_LOG": str(log),
+    return {
+        **ENV, "PATH": f"{fake_slurm(tmp_path)}{os.pathsep}{ENV['PATH']}", "FAKE_SLURM_LOG": str(tmp_path / "slurm.log"),
         "OMP_NUM_THREADS": "1", "SLURM_JOB_ID": JOB_ID, "SLURM_JOB_NODELIST": "localhost,localhost",
-        "PYTHON": sys.executable, "CONFIG": str(config), "OUTPUT_DIR": str(out),
-        "NUM_UPDATES": "4", "CHECKPOINT_EVERY": "2", "EXTRA_ARGS": f"--reconnect_timeout_s={TIMEOUT}",
+        "PYTHON": sys.executable, "CONFIG": str(config), "OUTPUT_DIR": str(tmp_path / "run"),
+        "NUM_UPDATES": "4", "CHECKPOINT_EVERY": "2", "EXTRA_ARGS": f"--reconnect_timeout_s={RECONNECT_S}",
         "LEARNER_RANKS": "2", "LEARNER_CPUS": "2", "LEARNER_DEVICE": "cpu", "LEARNER_GRES": "",
         "LEARNER_PORT": str(free_port()), "ACTORS_PER_NODE": "2", "N_ENVS": "2", "ACTOR_CPUS": "1",
         "ACTOR_DEVICE": "cpu", "ACTOR_GPUS_PER_TASK": "", "TLS_CERT": str(cert), "TLS_KEY": str(key),
-        "TLS_SERVER_NAME": SERVER_NAME, "TOKEN_FILE": str(token),
+        "TLS_SERVER_NAME": SERVER_NAME, "TOKEN_FILE": str(token), **settings,
     }
+
+
+def submit(tmp_path: Path, env: dict[str, str], restart: int, jobs: list[subprocess.Popen],
+           **extra: str) -> subprocess.Popen:
+    job = subprocess.Popen(["bash", str(SCRIPT)], cwd=tmp_path,
+                           env={**env, "SLURM_RESTART_COUNT": str(restart), **extra},
+                           stdout=open(tmp_path / f"job{restart}.out", "w"), stderr=subprocess.STDOUT,
+                           start_new_session=True)
+    jobs.append(job)
+    return job
+
+
+def test_slurm_script_trains_is_requeued_at_its_time_limit_and_resumes(tmp_path):
+    env = slurm_env(tmp_path, ACTOR_GRACE_S="10")
+    out, log, budget = tmp_path / "run", tmp_path / "slurm.log", Budget(tmp_path)
     jobs: list[subprocess.Popen] = []
-
-    def submit(restart: int) -> subprocess.Popen:
-        job = subprocess.Popen(["bash", str(SCRIPT)], cwd=tmp_path, env={**env, "SLURM_RESTART_COUNT": str(restart)},
-                               stdout=open(tmp_path / f"job{restart}.out", "w"), stderr=subprocess.STDOUT,
-                               start_new_session=True)
-        jobs.append(job)
-        return job
-
     learner_log = out / "logs" / f"learner_{TINY_CONFIG['env']['type']}_pi_rl.log"
+    final = out / "checkpoints" / "000004" / "training_state" / "training_step.json"
     try:
         # First start: train until the checkpoint of update 2, then the time-limit signal (sbatch --signal=B:USR1).
-        job = submit(0)
+        job = submit(tmp_path, env, 0, jobs)
         last = out / "checkpoints" / "last"
-        wait_for(lambda: last.exists() and (last / "training_state" / "training_step.json").exists(), TIMEOUT,
-                 "the first checkpoint", job)
+        budget.until(lambda: last.exists() and (last / "training_state" / "training_step.json").exists(),
+                     "the first checkpoint", job)
         job.send_signal(signal.SIGUSR1)
-        assert job.wait(timeout=TIMEOUT) == 0, (tmp_path / "job0.out").read_text()[-3000:]
+        if budget.exit_code(job, "the first start") != 0:
+            budget.fail("the first start failed")
         saved = json.loads((last / "training_state" / "training_step.json").read_text())
         assert saved["step"] == 2, f"the job was stopped at update {saved['step']}, not between updates 2 and 4"
         first_run = learner_log.read_text()
+        first_actors = {i: (out / "logs" / f"actor{i}_pi_rl_pickcube_pi_rl.log").read_text() for i in (0, 1)}
         metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         assert metrics and metrics[-1]["rollout/chunks_received"] >= 2 * TINY_CONFIG["algorithm"]["rollout_chunks"]
         assert f"requeue {JOB_ID}" in log.read_text()
 
-        # The requeued job: same script, same settings, resumes from the checkpoint and finishes.
-        job = submit(1)
-        assert job.wait(timeout=TIMEOUT) == 0, (tmp_path / "job1.out").read_text()[-3000:]
+        # The requeued job: same script, same settings, resumes from the checkpoint and finishes. Actor 1's node is
+        # late: it starts only once the learner has finished and gone, dials it in vain, and the script stops it
+        # ACTOR_GRACE_S later (without that rule the job would wait out the actor's reconnect_timeout_s).
+        started = time.monotonic()
+        job = submit(tmp_path, env, 1, jobs, FAKE_SRUN_HOLD=f"1:{final}:{env['LEARNER_PORT']}")
+        if budget.exit_code(job, "the requeued start") != 0:
+            budget.fail("the requeued start failed")
+        took = time.monotonic() - started
     finally:
         for job in jobs:
             kill_job(job)
     first, second = (tmp_path / "job0.out").read_text(), (tmp_path / "job1.out").read_text()
     assert "resume=false" in first and "resume=true" in second, second[-2000:]
+    assert "late task 1" in log.read_text()
+    assert "actors still running 10s after the learner finished: stopping them" in second, second[-2000:]
     assert "exit codes: learner 0, actors 0" in second, second[-2000:]
+    assert took < RECONNECT_S
     resumed = learner_log.read_text()[len(first_run):]
     assert "rank 0 of 2 data-parallel learner ranks" in first_run and "TLS, token required" in first_run
     assert re.search(r"resumed from .*000002: update 2, version 2", resumed), resumed[-3000:]
     assert "update 3/4" in resumed and "update 4/4" in resumed and "update 1/4" not in resumed
-    final = json.loads((out / "checkpoints" / "000004" / "training_state" / "training_step.json").read_text())
-    assert final["step"] == 4 and final["policy_version"] == 4
-    # Both actors (SLURM_PROCID 0 and 1) sent chunks to the learner in the requeued job and stopped when told.
+    saved = json.loads(final.read_text())
+    assert saved["step"] == 4 and saved["policy_version"] == 4
+    # Task i of the actor step is actor i (SLURM_PROCID): both ran in the first start, each with its own log.
     for index in (0, 1):
-        actor_log = (out / "logs" / f"actor{index}_pi_rl_pickcube_pi_rl.log").read_text().split("torch threads")[-1]
-        sent = re.search(r"\[ACTOR\] done: (\d+) chunks", actor_log)
-        assert sent and int(sent.group(1)) > 0 and "(training done)" in actor_log, actor_log[-2000:]
+        assert "torch threads" in first_actors[index], first_actors[index][-2000:]
+    # In the requeued job actor 0 trained alone and stopped when told; actor 1 started after the learner was gone.
+    actor0 = (out / "logs" / "actor0_pi_rl_pickcube_pi_rl.log").read_text()[len(first_actors[0]):]
+    sent = re.search(r"\[ACTOR\] done: (\d+) chunks", actor0)
+    assert sent and int(sent.group(1)) >= 2 * TINY_CONFIG["algorithm"]["rollout_chunks"], actor0[-2000:]
+    assert "(training done)" in actor0, actor0[-2000:]
     # Placement, per job (the two steps start concurrently, in either order): the learner step on the first node,
     # the actor step of two tasks on the others.
     steps = [line for line in log.read_text().splitlines() if line.startswith("srun")]
@@ -189,6 +258,25 @@ def test_slurm_script_trains_is_requeued_at_its_time_limit_and_resumes(tmp_path)
     assert len(steps) == 4 and len(learner_steps) == len(actor_steps) == 2, steps
     assert all("--ntasks=1" in line for line in learner_steps), learner_steps
     assert all("--ntasks=2" in line for line in actor_steps), actor_steps
+
+
+def test_slurm_script_stops_the_learner_and_fails_when_every_actor_fails(tmp_path):
+    """Actors that cannot start (here: a device their node does not have) end their step at once; the learner would
+    wait for rollouts until the time limit. The script stops it and the job fails, with the actors' code."""
+    env = slurm_env(tmp_path, LEARNER_RANKS="1", LEARNER_CPUS="1", ACTOR_DEVICE="no-such-device",
+                    NUM_UPDATES="1000")
+    budget, jobs = Budget(tmp_path), []
+    try:
+        job = submit(tmp_path, env, 0, jobs)
+        code = budget.exit_code(job, "a job whose actors failed")
+    finally:
+        for job in jobs:
+            kill_job(job)
+    text = (tmp_path / "job0.out").read_text()
+    assert code == 2, text[-2000:]
+    assert "actor step exited with 2 while the learner was training: stopping the learner" in text, text[-2000:]
+    actors_out = (tmp_path / "run" / "logs" / "actors_step.out").read_text()
+    assert "invalid configuration: Unknown device no-such-device" in actors_out, actors_out[-2000:]
 
 
 # ---------------------------------------------------------------------------------------------------------------
